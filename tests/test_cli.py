@@ -1,0 +1,35 @@
+"""The command line: help, and `encode` over real FSDD clips with one unreadable file."""
+
+import subprocess
+import sys
+
+import numpy as np
+
+from conftest import FSDD
+from subspaces.cli import main
+
+
+def test_help_lists_the_verbs():
+    result = subprocess.run([sys.executable, "-m", "subspaces.cli", "--help"], capture_output=True, text=True)
+    assert result.returncode == 0
+    assert "encode" in result.stdout
+
+
+def test_encode_writes_pooled_layers_and_reports_bad_files(tmp_path, capsys):
+    bad = tmp_path / "broken.wav"
+    bad.write_text("not audio")
+    out = tmp_path / "vectors.npz"
+    files = [str(FSDD / "1_nicolas_3.wav"), str(FSDD / "2_jackson_9.wav"), str(bad)]
+    code = main(["encode", *files, "--backbone", "whisper-tiny.en", "--out", str(out)])
+    captured = capsys.readouterr()
+    assert code == 2  # finished, but some inputs were skipped
+    assert "broken.wav: not a readable audio file" in captured.err
+    saved = np.load(out)
+    assert saved["pooled"].shape == (2, 5, 384)
+    assert list(saved["files"]) == files[:2]
+    assert np.isfinite(saved["pooled"]).all()
+
+
+def test_unknown_backbone_is_an_error_not_a_crash(capsys):
+    assert main(["encode", str(FSDD / "1_nicolas_3.wav"), "--backbone", "not-a-model"]) == 1
+    assert "error: 'not-a-model' is not a local folder" in capsys.readouterr().err
