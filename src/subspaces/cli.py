@@ -82,6 +82,153 @@ def cmd_encode(args: argparse.Namespace) -> int:
     return 0 if not failed else 2
 
 
+def _csv_list(text: str | None) -> list[str] | None:
+    return [item.strip() for item in text.split(",") if item.strip()] if text else None
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    """Synthesise an interventional grid (voices x texts [x channels]) into OUT_DIR."""
+    from .grid import synthesize_grid
+    from .synth import load_voices, sample_voices
+    from .texts import load_texts
+
+    if args.voices:
+        voices = load_voices(args.voices)
+    else:
+        voices = (sample_voices("espeak-ng", args.espeak, seed=args.seed) if args.espeak else []) + (
+            sample_voices("flite", args.flite, seed=args.seed) if args.flite else [])
+    if not voices:
+        raise ValueError("no voices: give --voices BANK.json, or --espeak N and/or --flite N")
+    texts = [text for name in args.texts for text in load_texts(name)]
+    if args.num_texts and args.num_texts < len(texts):
+        keep = np.sort(np.random.default_rng(args.seed).choice(len(texts), args.num_texts, replace=False))
+        texts = [texts[i] for i in keep]
+    table = synthesize_grid(
+        voices, texts, args.out_dir, dense=not args.sparse, per_voice=args.per_voice,
+        min_per_text=args.min_per_text, val_voices=args.val_voices, val_texts=args.val_texts,
+        workers=args.workers, seed=args.seed, channels=_csv_list(args.channels), keep_mixed=not args.no_mixed)
+    print(f"{len(table)} clips from {len(voices)} voices x {len(texts)} texts in {args.out_dir}/manifest.csv")
+    print(table["split"].value_counts().to_string())
+    failures = table.attrs.get("failures")
+    if failures is not None and len(failures):
+        print(f"{len(failures)} clip(s) failed; see {args.out_dir}/failures.csv", file=sys.stderr)
+        return 2
+    return 0
+
+
+def cmd_voices(args: argparse.Namespace) -> int:
+    """Sample a reproducible voice bank (JSON) to reuse across grids."""
+    from .synth import sample_voices, save_voices
+
+    voices = (sample_voices("espeak-ng", args.espeak, seed=args.seed) if args.espeak else []) + (
+        sample_voices("flite", args.flite, seed=args.seed) if args.flite else [])
+    save_voices(voices, args.out)
+    print(f"wrote {len(voices)} voices to {args.out}")
+    return 0
+
+
+def cmd_corpus(args: argparse.Namespace) -> int:
+    """Turn a real corpus (KIND:PATH, or plain `fsdd` for the bundled one) into a manifest."""
+    from .corpora import load_corpus, relative_paths
+    from .manifest import write_manifest
+
+    options = {}
+    if args.limit_per_speaker_digit:
+        options.update(limit_per_speaker_digit=args.limit_per_speaker_digit, seed=args.seed)
+    if args.trials:
+        options["trials"] = args.trials
+    if args.default_split:
+        options["default_split"] = args.default_split
+    table = load_corpus(args.spec, **options)
+    out = Path(args.out)
+    if args.relative:
+        table = relative_paths(table, out.parent)
+    write_manifest(table, out)
+    print(f"wrote {len(table)} rows ({table['speaker'].nunique()} speakers, {table['content'].nunique()} contents) to {out}")
+    return 0
+
+
+def _parse_shard(text: str | None) -> tuple[int, int] | None:
+    if not text:
+        return None
+    try:
+        index, count = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise ValueError(f"--shard must look like i/N (e.g. 0/4), got {text!r}") from None
+    return index, count
+
+
+def cmd_extract(args: argparse.Namespace) -> int:
+    """Run a frozen backbone over a manifest; store pooled features of every layer (resumable)."""
+    from .backbones import load_backbone
+    from .features import FeatureStore, extract_features
+
+    backbone = load_backbone(args.backbone, allow_download=args.allow_download, precision=args.precision)
+    layers = [int(x) for x in _csv_list(args.layers)] if args.layers else None
+    out = extract_features(args.manifest, backbone, args.out, layers=layers, pooling=_csv_list(args.pooling),
+                           batch_seconds=args.batch_seconds, workers=args.workers, shard=_parse_shard(args.shard))
+    store = FeatureStore(out)
+    print(f"{out}: {len(store)} utterances, layers {store.layers}, {backbone.describe()['name']}")
+    return 0 if not len(store.failures) else 2
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    """Merge the part stores of `extract --shard i/N` into one store."""
+    from .features import merge_feature_stores
+
+    print(f"merged into {merge_feature_stores(args.parts, args.out)}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train a subspace model on a feature store and its manifest."""
+    from .features import FeatureStore, load_features
+    from .manifest import read_manifest
+    from .train import TrainConfig, load_recipe, train
+
+    config = load_recipe(args.recipe) if args.recipe else TrainConfig()
+    if args.steps:
+        config = TrainConfig.from_dict({**config.to_dict(), "steps": args.steps})
+    table = read_manifest(args.manifest)
+    features = load_features(args.features, table, pooling=config.pooling)
+    info = FeatureStore(args.features).info
+    backbone = info.get("backbone", {})
+    out = train(features, table, config, args.out,
+                metadata={"backbone": backbone.get("name"), "backbone_revision": backbone.get("revision")})
+    print(f"model written to {out}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """Evaluate a trained model on real speech beside the raw backbone layers; write a report."""
+    from .corpora import load_corpus
+    from .evaluate import summary_table
+    from .manifest import read_manifest, write_manifest
+    from .pipeline import evaluate_model
+
+    out = Path(args.out)
+    is_fsdd = args.corpus.split(":")[0] == "fsdd"
+    options = {"limit_per_speaker_digit": args.limit_per_speaker_digit} if is_fsdd and args.limit_per_speaker_digit else {}
+    table = load_corpus(args.corpus, **options)
+    write_manifest(table, out / "manifest.csv")
+    table = read_manifest(out / "manifest.csv")
+    results = evaluate_model(args.model, table, out / "features", out, max_trials=args.max_trials,
+                             title=f"{args.corpus}: {args.model}")
+    print(summary_table(results))
+    print(f"report: {out / 'report.md'}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Run the whole default pipeline offline: synthesise, extract, train, evaluate on FSDD."""
+    from .pipeline import run_demo
+
+    started = time.perf_counter()
+    run_demo(args.out)
+    print(f"[demo] finished in {time.perf_counter() - started:.0f} s")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="subspaces",
@@ -100,6 +247,83 @@ def build_parser() -> argparse.ArgumentParser:
     encode.add_argument("--batch-size", type=int, default=16)
     encode.add_argument("--out", help="write files, pooled [files, layers, width] to this .npz")
     encode.set_defaults(func=cmd_encode)
+
+    demo = verbs.add_parser("demo", help="the whole default pipeline offline (synth, extract, train, evaluate)",
+                            description=cmd_demo.__doc__)
+    demo.add_argument("--out", default="runs/demo", help="output folder; a rerun reuses finished stages")
+    demo.set_defaults(func=cmd_demo)
+
+    voices = verbs.add_parser("voices", help="sample a reproducible voice bank", description=cmd_voices.__doc__)
+    voices.add_argument("out", help="voice bank .json to write")
+    voices.add_argument("--espeak", type=int, default=0, help="espeak-ng voices to sample")
+    voices.add_argument("--flite", type=int, default=0, help="flite voices to sample")
+    voices.add_argument("--seed", type=int, default=0)
+    voices.set_defaults(func=cmd_voices)
+
+    synth = verbs.add_parser("synth", help="synthesise an interventional voices x texts grid", description=cmd_synth.__doc__)
+    synth.add_argument("out_dir")
+    synth.add_argument("--voices", help="voice bank .json (else sample with --espeak/--flite)")
+    synth.add_argument("--espeak", type=int, default=0)
+    synth.add_argument("--flite", type=int, default=0)
+    synth.add_argument("--texts", nargs="+", default=["sentences"],
+                       help="built-in sets (keywords, words, sentences) or text files, one text per line")
+    synth.add_argument("--num-texts", type=int, default=0, help="keep a seeded random subset of this many texts")
+    synth.add_argument("--sparse", action="store_true", help="each voice says --per-voice texts, not all")
+    synth.add_argument("--per-voice", type=int)
+    synth.add_argument("--min-per-text", type=int, default=2)
+    synth.add_argument("--val-voices", type=int, default=0, help="voices held out for validation")
+    synth.add_argument("--val-texts", type=int, default=0, help="texts held out for validation")
+    synth.add_argument("--channels", help="comma list: clean, telephone, mulaw8, noise20, reverb0.4")
+    synth.add_argument("--no-mixed", action="store_true", help="skip held-out-voice x train-text rows and the reverse")
+    synth.add_argument("--workers", type=int, default=2)
+    synth.add_argument("--seed", type=int, default=0)
+    synth.set_defaults(func=cmd_synth)
+
+    corpus = verbs.add_parser("corpus", help="make a manifest from a real corpus", description=cmd_corpus.__doc__)
+    corpus.add_argument("spec", help="fsdd | fsdd:PATH | speech-commands:PATH | speech-commands-12:PATH | "
+                                     "voxceleb1:PATH | librispeech:PATH | libritts:PATH | csv:FILE")
+    corpus.add_argument("-o", "--out", required=True, help="manifest .csv or .parquet")
+    corpus.add_argument("--limit-per-speaker-digit", type=int, help="FSDD: a seeded subset per speaker x digit")
+    corpus.add_argument("--seed", type=int, default=0)
+    corpus.add_argument("--trials", help="VoxCeleb1: read only the utterances of this trial list")
+    corpus.add_argument("--default-split", help="Speech Commands: split for a folder without split lists")
+    corpus.add_argument("--relative", action="store_true", help="store paths relative to the manifest's folder")
+    corpus.set_defaults(func=cmd_corpus)
+
+    extract = verbs.add_parser("extract", help="store a backbone's pooled features of a manifest", description=cmd_extract.__doc__)
+    extract.add_argument("manifest")
+    extract.add_argument("--out", required=True, help="feature store folder")
+    extract.add_argument("--backbone", default="whisper-base")
+    extract.add_argument("--allow-download", action="store_true")
+    extract.add_argument("--precision", default="float32", choices=["float32", "bfloat16"])
+    extract.add_argument("--layers", help="comma list of hidden states to keep (default: all)")
+    extract.add_argument("--pooling", default="mean,std", help="mean and/or std (default: mean,std)")
+    extract.add_argument("--batch-seconds", type=float, default=30.0)
+    extract.add_argument("--workers", type=int, default=2, help="audio decoding threads")
+    extract.add_argument("--shard", help="i/N: extract only the i-th of N parts (merge them with `merge`)")
+    extract.set_defaults(func=cmd_extract)
+
+    merge = verbs.add_parser("merge", help="merge sharded feature stores", description=cmd_merge.__doc__)
+    merge.add_argument("parts", nargs="+")
+    merge.add_argument("--out", required=True)
+    merge.set_defaults(func=cmd_merge)
+
+    train = verbs.add_parser("train", help="train a subspace model", description=cmd_train.__doc__)
+    train.add_argument("--features", required=True, help="feature store folder")
+    train.add_argument("--manifest", required=True, help="the manifest the features were extracted from")
+    train.add_argument("--out", required=True, help="model folder (a rerun resumes)")
+    train.add_argument("--recipe", help="TOML recipe (default: the paper's settings)")
+    train.add_argument("--steps", type=int, help="override the recipe's steps")
+    train.set_defaults(func=cmd_train)
+
+    evaluate = verbs.add_parser("evaluate", help="evaluate a model on real speech; write a report",
+                                description=cmd_evaluate.__doc__)
+    evaluate.add_argument("--model", required=True)
+    evaluate.add_argument("--corpus", default="fsdd", help="KIND:PATH (default: the bundled FSDD)")
+    evaluate.add_argument("--out", required=True)
+    evaluate.add_argument("--limit-per-speaker-digit", type=int, default=10, help="FSDD subset size (0 = all)")
+    evaluate.add_argument("--max-trials", type=int, help="a seeded sample of trials instead of all pairs")
+    evaluate.set_defaults(func=cmd_evaluate)
     return parser
 
 
@@ -115,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return args.func(args)
-    except (AudioError, BackboneUnavailable, ManifestError, FileNotFoundError, ValueError) as error:
+    except (AudioError, BackboneUnavailable, ManifestError, FileNotFoundError, ValueError, RuntimeError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -16,11 +16,11 @@ not climb out of it; absolute paths are taken as they are (e.g. a corpus elsewhe
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import pandas as pd
+
+from .atomic import write_atomic
 
 __all__ = [
     "COLUMNS",
@@ -103,17 +103,10 @@ def write_manifest(table: pd.DataFrame, path: str | Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     validate_manifest(table, path.parent, name=str(path))
     columns = list(COLUMNS) + [c for c in table.columns if c not in COLUMNS]
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(handle)
-    try:
-        if path.suffix == ".parquet":
-            table[columns].to_parquet(tmp, index=False)
-        else:
-            table[columns].to_csv(tmp, index=False)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    if path.suffix == ".parquet":
+        write_atomic(path, lambda tmp: table[columns].to_parquet(tmp, index=False))
+    else:
+        write_atomic(path, lambda tmp: table[columns].to_csv(tmp, index=False))
 
 
 def audio_paths(table: pd.DataFrame) -> list[Path]:

@@ -1,0 +1,666 @@
+"""Frozen features: run a backbone over a manifest once, keep every layer, read them back fast.
+
+`extract_features(manifest, backbone, out_dir)` writes a feature store, a folder that
+training and evaluation read instead of audio:
+
+    store.json                 what made it: backbone.describe(), layers, pooling, manifest
+                               fingerprint, package version; "complete" once finished
+    shard-00000.safetensors    float32 `mean` / `std` [n_utts, n_layers, D] (statistics
+                               pooling over each clip's valid frames), optionally
+                               `frames` [total_frames, n_frame_layers, D] with
+                               `frame_offsets` long[n_utts + 1]; the shard's utt_ids,
+                               manifest positions and decode failures in its metadata
+    index.parquet              utt_id, position (manifest row), shard, row
+    failures.csv               utt_id, path, error of every clip that could not be decoded
+
+Utterances are sorted by duration and cut into shards of `shard_size`, so each shard's
+batches hold clips of similar length (little padding). Each shard is written atomically
+(temporary file + os.replace) and is the unit of resumption and of scale-out: an
+interrupted run redoes only the shards that are missing, and `shard=(i, n)` computes the
+shards k with k % n == i into a part store that `merge_feature_stores` joins into a store
+equal, file for file, to a single-process one.
+
+>>> import tempfile
+>>> store = FeatureStore(tempfile.mkdtemp())  # doctest: +IGNORE_EXCEPTION_DETAIL
+Traceback (most recent call last):
+FeatureStoreError: ...: no store.json; not a feature store (make one with extract_features)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+import warnings
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from tqdm.auto import tqdm
+
+from .atomic import write_atomic, write_text_atomic
+from .audio import DEFAULT_MAX_DURATION_S, AudioError, load_audio
+from .backbones import Backbone, load_backbone
+from .manifest import audio_paths, read_manifest, validate_manifest
+
+__all__ = [
+    "FORMAT_VERSION",
+    "POOLINGS",
+    "FeatureStore",
+    "FeatureStoreError",
+    "extract_features",
+    "load_features",
+    "merge_feature_stores",
+    "plan_shards",
+    "pool_frames",
+]
+
+FORMAT_VERSION = 1
+POOLINGS = ("mean", "std")
+# Fields of store.json that identify what the features are; two stores (or a store and a
+# new run) may only be combined when all of them agree.
+_IDENTITY = ("format_version", "backbone", "layers", "pooling", "frame_layers", "manifest", "shard_size")
+
+
+class FeatureStoreError(ValueError):
+    """A feature store that cannot be used as asked; the message names the folder and why."""
+
+
+# ----------------------------------------------------------------------------------
+# Planning: which utterances go in which shard and batch
+# ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Shard:
+    """One unit of work and of storage: manifest positions, grouped into batches."""
+
+    index: int
+    batches: tuple[tuple[int, ...], ...]
+
+    @property
+    def positions(self) -> tuple[int, ...]:
+        return tuple(p for batch in self.batches for p in batch)
+
+
+def plan_shards(durations: Sequence[float], shard_size: int, batch_seconds: float) -> list[Shard]:
+    """Sort utterances by duration, cut them into shards, and each shard into batches.
+
+    A batch grows while its padded length (clips x longest clip) stays within
+    `batch_seconds`; a clip longer than that gets a batch of its own. Ties in duration
+    keep manifest order, so the plan is a pure function of its inputs.
+
+    >>> [s.batches for s in plan_shards([3.0, 1.0, 1.0, 2.0, 1.0], shard_size=3, batch_seconds=3.0)]
+    [((1, 2, 4),), ((3,), (0,))]
+    """
+    if shard_size < 1:
+        raise ValueError(f"shard_size must be at least 1, got {shard_size}")
+    if batch_seconds <= 0:
+        raise ValueError(f"batch_seconds must be positive, got {batch_seconds}")
+    order = np.argsort(np.asarray(durations, dtype=np.float64), kind="stable")
+    shards = []
+    for start in range(0, len(order), shard_size):
+        batches, batch, longest = [], [], 0.0
+        for position in order[start : start + shard_size]:
+            duration = float(durations[position])
+            if batch and (len(batch) + 1) * max(longest, duration) > batch_seconds:
+                batches.append(tuple(batch))
+                batch, longest = [], 0.0
+            batch.append(int(position))
+            longest = max(longest, duration)
+        batches.append(tuple(batch))
+        shards.append(Shard(len(shards), tuple(batches)))
+    return shards
+
+
+# ----------------------------------------------------------------------------------
+# Small pieces
+# ----------------------------------------------------------------------------------
+
+
+def _shard_name(index: int) -> str:
+    return f"shard-{index:05d}.safetensors"
+
+
+def _write_json(path: Path, data: dict) -> None:
+    write_text_atomic(path, json.dumps(data, indent=2) + "\n")
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise FeatureStoreError(f"{path}: not a readable store.json ({error})") from error
+
+
+def _fingerprint(table: pd.DataFrame) -> str:
+    digest = hashlib.sha256()
+    for utt_id, path, duration in zip(table["utt_id"], table["path"], table["duration_s"]):
+        digest.update(f"{utt_id}\t{path}\t{float(duration)!r}\n".encode())
+    return f"sha256:{digest.hexdigest()[:16]}"
+
+
+def _as_manifest(manifest: pd.DataFrame | str | Path) -> pd.DataFrame:
+    if isinstance(manifest, pd.DataFrame):
+        validate_manifest(manifest, Path(manifest.attrs.get("root", ".")), name="manifest DataFrame")
+        return manifest.reset_index(drop=True)
+    return read_manifest(manifest)
+
+
+def _normalize_layers(layers: Sequence[int] | None, num_layers: int, what: str) -> list[int]:
+    if layers is None:
+        return list(range(num_layers))
+    out = []
+    for layer in layers:
+        if not -num_layers <= int(layer) < num_layers:
+            raise ValueError(
+                f"{what}: layer {layer} does not exist; the backbone has hidden states 0..{num_layers - 1}"
+            )
+        out.append(int(layer) % num_layers)
+    if len(set(out)) != len(out):
+        raise ValueError(f"{what}: layers {list(layers)} name the same layer twice")
+    return out
+
+
+def _normalize_pooling(pooling: str | Sequence[str]) -> list[str]:
+    names = pooling.split("+") if isinstance(pooling, str) else list(pooling)
+    bad = [p for p in names if p not in POOLINGS]
+    if not names or bad or len(set(names)) != len(names):
+        raise ValueError(
+            f"pooling must be one or more distinct of {', '.join(POOLINGS)} "
+            f"(a sequence or a string like 'mean+std'), got {pooling!r}"
+        )
+    return names
+
+
+def _describe_difference(found: dict, wanted: dict) -> str:
+    lines = []
+    for key in _IDENTITY + ("part",):
+        if found.get(key) != wanted.get(key):
+            if isinstance(found.get(key), dict) and isinstance(wanted.get(key), dict):
+                for sub in sorted(set(found[key]) | set(wanted[key])):
+                    if found[key].get(sub) != wanted[key].get(sub):
+                        lines.append(f"{key}.{sub}: store has {found[key].get(sub)!r}, asked {wanted[key].get(sub)!r}")
+            else:
+                lines.append(f"{key}: store has {found.get(key)!r}, asked {wanted.get(key)!r}")
+    return "; ".join(lines)
+
+
+def pool_frames(hidden_states: torch.Tensor, num_frames: torch.Tensor, pooling: Sequence[str]) -> dict[str, torch.Tensor]:
+    """Mean and/or standard deviation over each clip's valid frames.
+
+    hidden_states: float[L, B, T, D] with zeros past each clip's end; num_frames: long[B].
+    Returns {"mean": float[B, L, D], "std": float[B, L, D]} (population std, 0 for one frame).
+
+    >>> states = torch.tensor([[[[1.0], [3.0], [0.0]]]])  # L=1, B=1, T=3 (2 valid), D=1
+    >>> {k: v.flatten().tolist() for k, v in pool_frames(states, torch.tensor([2]), ["mean", "std"]).items()}
+    {'mean': [2.0], 'std': [1.0]}
+    """
+    # float32 throughout: a clip has at most a few thousand frames, and the two-pass
+    # variance (deviations from the mean) avoids the cancellation of E[x^2] - E[x]^2.
+    states = hidden_states.float()
+    counts = num_frames.to(states.device, states.dtype).clamp(min=1)[None, :, None]
+    mean = states.sum(dim=2) / counts
+    out = {}
+    if "mean" in pooling:
+        out["mean"] = mean.transpose(0, 1).contiguous()
+    if "std" in pooling:
+        valid = torch.arange(states.shape[2], device=states.device)[None, :] < num_frames.to(states.device)[:, None]
+        deviation = (states - mean[:, :, None, :]) * valid[None, :, :, None]
+        variance = deviation.square_().sum(dim=2) / counts
+        out["std"] = variance.sqrt_().transpose(0, 1).contiguous()
+    return out
+
+
+# ----------------------------------------------------------------------------------
+# Extraction
+# ----------------------------------------------------------------------------------
+
+
+@dataclass
+class _Decoded:
+    positions: list[int]
+    waves: list[np.ndarray]
+    failures: list[tuple[int, str]]  # (position, error)
+
+
+def _decode_batch(batch: Sequence[int], paths: list[Path], backbone: Backbone) -> _Decoded:
+    max_duration_s = DEFAULT_MAX_DURATION_S
+    if backbone.max_samples is not None:
+        max_duration_s = min(max_duration_s, backbone.max_samples / backbone.sample_rate)
+    decoded = _Decoded([], [], [])
+    for position in batch:
+        try:
+            wave = load_audio(paths[position], backbone.sample_rate, min_samples=backbone.min_samples,
+                              max_duration_s=max_duration_s)
+            if backbone.max_samples is not None and len(wave) > backbone.max_samples:
+                raise AudioError(f"{paths[position]}: longer than the {max_duration_s:g} s {backbone.name} accepts")
+        except AudioError as error:
+            decoded.failures.append((position, str(error)))
+            continue
+        decoded.positions.append(position)
+        decoded.waves.append(wave)
+    return decoded
+
+
+def _prefetch(batches: list[tuple[int, ...]], decode: Callable[[tuple[int, ...]], _Decoded], workers: int) -> Iterator[_Decoded]:
+    """Decode batches in `workers` threads, up to 2 x workers ahead of the consumer, in order."""
+    if workers <= 0:
+        yield from map(decode, batches)
+        return
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode") as pool:
+        pending: deque[Future] = deque()
+        upcoming = iter(batches)
+        try:
+            for batch in upcoming:
+                pending.append(pool.submit(decode, batch))
+                if len(pending) >= 2 * workers:
+                    break
+            while pending:
+                decoded = pending.popleft().result()
+                for batch in upcoming:
+                    pending.append(pool.submit(decode, batch))
+                    break
+                yield decoded
+        finally:
+            for future in pending:
+                future.cancel()
+
+
+def _shard_contents(path: Path) -> dict:
+    """The utt_ids, manifest positions and failures recorded in a shard file's metadata."""
+    with safe_open(str(path), framework="pt") as handle:
+        # One metadata key: safetensors may write several keys in any order, and shard
+        # files should be byte-identical however they were made.
+        return json.loads((handle.metadata() or {})["contents"])
+
+
+def _shard_is_done(path: Path, shard: Shard, utt_ids: list[str]) -> bool:
+    if not path.is_file():
+        return False
+    try:
+        contents = _shard_contents(path)
+        stored = contents["positions"]
+        failed = [f["position"] for f in contents["failures"]]
+        return sorted(stored + failed) == sorted(shard.positions) and contents["utt_ids"] == [utt_ids[p] for p in stored]
+    except Exception:  # an unreadable or foreign shard file is redone, not trusted
+        return False
+
+
+def _write_shard(path: Path, arrays: dict[str, torch.Tensor], positions: list[int], utt_ids: list[str],
+                 failures: list[dict]) -> None:
+    contents = {"positions": positions, "utt_ids": [utt_ids[p] for p in positions], "failures": failures}
+    write_atomic(path, lambda tmp: save_file(arrays, tmp, metadata={"contents": json.dumps(contents)}))
+
+
+def _finalize(out_dir: Path, config: dict, shard_indices: Sequence[int]) -> dict:
+    """Write index.parquet, failures.csv and the completed store.json from the shard files."""
+    rows, failures = [], []
+    for index in shard_indices:
+        contents = _shard_contents(out_dir / _shard_name(index))
+        for row, (utt_id, position) in enumerate(zip(contents["utt_ids"], contents["positions"])):
+            rows.append((utt_id, position, index, row))
+        failures.extend(contents["failures"])
+    index_table = pd.DataFrame(rows, columns=["utt_id", "position", "shard", "row"]).sort_values("position")
+    index_table = index_table.reset_index(drop=True)
+    failure_table = pd.DataFrame(failures, columns=["utt_id", "position", "path", "error"])
+    failure_table = failure_table.sort_values("position").reset_index(drop=True)
+    write_atomic(out_dir / "index.parquet", lambda tmp: index_table.to_parquet(tmp, index=False))
+    write_atomic(out_dir / "failures.csv", lambda tmp: failure_table.to_csv(tmp, index=False))
+    config = dict(config, complete=True, num_stored=len(index_table), num_failed=len(failure_table))
+    _write_json(out_dir / "store.json", config)
+    return config
+
+
+def _check_identity(out_dir: Path, found: dict, wanted: dict) -> None:
+    if any(found.get(k) != wanted.get(k) for k in _IDENTITY + ("part",)):
+        raise FeatureStoreError(
+            f"{out_dir} holds features made differently from this run ({_describe_difference(found, wanted)}). "
+            "Features from different backbones, layers or manifests are never mixed: "
+            "write to another out_dir, or delete this one to start over"
+        )
+
+
+def extract_features(
+    manifest: pd.DataFrame | str | Path,
+    backbone: Backbone | str | Path,
+    out_dir: str | Path,
+    *,
+    layers: Sequence[int] | None = None,
+    pooling: str | Sequence[str] = ("mean", "std"),
+    frame_layers: Sequence[int] = (),
+    batch_seconds: float = 30.0,
+    shard_size: int = 1000,
+    workers: int = 2,
+    shard: tuple[int, int] | None = None,
+    precision: str | None = None,
+    progress: bool = True,
+) -> Path:
+    """Run a frozen backbone over every row of a manifest and store pooled features per layer.
+
+    `layers`: hidden-state indices to keep (None: all; 0 is the input embedding).
+    `pooling`: "mean" and/or "std" over each clip's valid frames. `frame_layers`: layers
+    whose frame sequences are also kept (variable length). `batch_seconds`: padded audio
+    per forward pass. `workers`: audio-decoding threads (0: decode in this thread).
+    `shard=(i, n)`: compute only the i-th of n parts (merge them with
+    `merge_feature_stores`). `precision`: passed to `load_backbone` when `backbone` is
+    a name or folder ("float32" or "bfloat16").
+
+    Resumable: finished shards are kept and the rest redone; a finished store is left
+    untouched. Clips that fail to decode (`AudioError`) are skipped, listed in
+    failures.csv and reported in a warning. Returns `out_dir`.
+
+    >>> extract_features("manifest.csv", "whisper-base", "features/")  # doctest: +SKIP
+    PosixPath('features')
+    """
+    out_dir = Path(out_dir)
+    table = _as_manifest(manifest)
+    if isinstance(backbone, (str, Path)):
+        backbone = load_backbone(backbone, precision=precision or "float32")
+    elif precision is not None and precision != backbone.precision:
+        raise ValueError(
+            f"precision={precision!r} but the given backbone runs in {backbone.precision}; "
+            f"load it with load_backbone(..., precision={precision!r}) or pass its name instead"
+        )
+    layers = _normalize_layers(layers, backbone.num_layers, "layers")
+    frame_layers = _normalize_layers(frame_layers, backbone.num_layers, "frame_layers")
+    pooling = _normalize_pooling(pooling)
+    if shard is not None:
+        part, parts = shard
+        if not (isinstance(parts, int) and parts >= 1 and isinstance(part, int) and 0 <= part < parts):
+            raise ValueError(f"shard must be (i, n) with 0 <= i < n, got {shard!r}")
+    if workers < 0:
+        raise ValueError(f"workers must be 0 or more, got {workers}")
+
+    utt_ids = table["utt_id"].astype(str).tolist()
+    paths = audio_paths(table)
+    durations = pd.to_numeric(table["duration_s"]).to_numpy(dtype=np.float64)
+    plan = plan_shards(durations, shard_size, batch_seconds)
+    mine = [s for s in plan if shard is None or s.index % shard[1] == shard[0]]
+
+    from . import __version__
+
+    config = {
+        "format": "subspaces-feature-store",
+        "format_version": FORMAT_VERSION,
+        "package_version": __version__,
+        "backbone": backbone.describe(),
+        "layers": layers,
+        "pooling": pooling,
+        "frame_layers": frame_layers,
+        "width": backbone.width,
+        "dtype": "float32",
+        "manifest": {"num_utterances": len(table), "fingerprint": _fingerprint(table)},
+        "shard_size": shard_size,
+        "num_shards": len(plan),
+        "part": list(shard) if shard is not None else None,
+        "shards": [s.index for s in mine],
+        "complete": False,
+    }
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for stale in out_dir.glob(".*.tmp"):  # left by a process killed while writing
+        stale.unlink()
+    store_json = out_dir / "store.json"
+    if store_json.is_file():
+        found = _read_json(store_json)
+        _check_identity(out_dir, found, config)
+    else:
+        found = None
+    todo = [s for s in mine if not _shard_is_done(out_dir / _shard_name(s.index), s, utt_ids)]
+    if not todo and found is not None and found.get("complete") and (out_dir / "index.parquet").is_file():
+        return out_dir
+    if found is None or found.get("complete"):
+        _write_json(store_json, config)  # marks the store unfinished until every shard is in
+
+    keep_all = layers == list(range(backbone.num_layers))
+    total_utts = sum(len(s.positions) for s in todo)
+    bar = tqdm(total=total_utts, unit="utt", desc=f"extract {backbone.name}", disable=None if progress else True)
+    audio_seconds, started = 0.0, time.perf_counter()
+    new_failures = 0
+    batches = [b for s in todo for b in s.batches]
+    decoded_batches = _prefetch(batches, lambda b: _decode_batch(b, paths, backbone), workers)
+    try:
+        for current in todo:
+            pooled: dict[str, list[torch.Tensor]] = {name: [] for name in pooling}
+            frames: list[torch.Tensor] = []
+            positions: list[int] = []
+            failures: list[dict] = []
+            for _ in current.batches:
+                decoded = next(decoded_batches)
+                for position, error in decoded.failures:
+                    failures.append({"utt_id": utt_ids[position], "position": position,
+                                     "path": str(paths[position]), "error": error})
+                if decoded.waves:
+                    output = backbone.encode(decoded.waves)
+                    kept = output.hidden_states if keep_all else output.hidden_states[layers]
+                    for name, values in pool_frames(kept, output.num_frames, pooling).items():
+                        pooled[name].append(values.cpu())
+                    if frame_layers:
+                        states = output.hidden_states[frame_layers].cpu()
+                        for b, n in enumerate(output.num_frames.tolist()):
+                            frames.append(states[:, b, :n].transpose(0, 1).contiguous())
+                    positions.extend(decoded.positions)
+                    audio_seconds += sum(len(w) for w in decoded.waves) / backbone.sample_rate
+                bar.update(len(decoded.positions) + len(decoded.failures))
+                bar.set_postfix_str(f"{audio_seconds / max(time.perf_counter() - started, 1e-9):.0f}x real time")
+            arrays = {
+                name: torch.cat(values) if values else torch.zeros(0, len(layers), backbone.width)
+                for name, values in pooled.items()
+            }
+            if frame_layers:
+                arrays["frames"] = (torch.cat(frames) if frames else torch.zeros(0, len(frame_layers), backbone.width))
+                arrays["frame_offsets"] = torch.tensor([0] + [len(f) for f in frames]).cumsum(0)
+            _write_shard(out_dir / _shard_name(current.index), arrays, positions, utt_ids, failures)
+            new_failures += len(failures)
+    finally:
+        decoded_batches.close()
+        bar.close()
+
+    final = _finalize(out_dir, config, [s.index for s in mine])
+    if final["num_failed"]:
+        warnings.warn(
+            f"{final['num_failed']} of {sum(len(s.positions) for s in mine)} clips could not be decoded and "
+            f"were skipped ({new_failures} in this run); see {out_dir / 'failures.csv'}",
+            stacklevel=2,
+        )
+    return out_dir
+
+
+def merge_feature_stores(parts: Sequence[str | Path], out_dir: str | Path) -> Path:
+    """Join the part stores of `extract_features(..., shard=(i, n))`, i = 0..n-1, into one store.
+
+    The result equals a single-process store: the same shard files, index in manifest order.
+
+    >>> merge_feature_stores(["part0", "part1"], "features")  # doctest: +SKIP
+    PosixPath('features')
+    """
+    out_dir = Path(out_dir)
+    if not parts:
+        raise ValueError("merge_feature_stores needs at least one part store")
+    configs = []
+    for part in map(Path, parts):
+        if not (part / "store.json").is_file():
+            raise FeatureStoreError(f"{part}: no store.json; not a feature store")
+        config = _read_json(part / "store.json")
+        if config.get("part") is None:
+            raise FeatureStoreError(f"{part}: a whole store, not a part made with shard=(i, n)")
+        if not config.get("complete"):
+            raise FeatureStoreError(f"{part}: part {config['part']} is unfinished; rerun its extract_features first")
+        configs.append((part, config))
+    first_path, first = configs[0]
+    count = first["part"][1]
+    for path, config in configs[1:]:
+        if any(config.get(k) != first.get(k) for k in _IDENTITY) or config["part"][1] != count:
+            raise FeatureStoreError(
+                f"{path} and {first_path} were made differently "
+                f"({_describe_difference(config, dict(first, part=config['part']))}); they cannot be merged"
+            )
+    seen = sorted(config["part"][0] for _, config in configs)
+    if seen != list(range(count)):
+        missing = sorted(set(range(count)) - set(seen))
+        raise FeatureStoreError(
+            f"merging needs each of the {count} parts exactly once; got parts {seen}"
+            + (f", missing {missing}" if missing else "")
+        )
+
+    merged = dict(first, part=None, shards=sorted(i for _, c in configs for i in c["shards"]), complete=False)
+    for key in ("num_stored", "num_failed"):
+        merged.pop(key, None)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if (out_dir / "store.json").is_file():
+        _check_identity(out_dir, _read_json(out_dir / "store.json"), merged)
+    _write_json(out_dir / "store.json", merged)
+    for path, config in configs:
+        for index in config["shards"]:
+            source = path / _shard_name(index)
+            write_atomic(out_dir / _shard_name(index), lambda tmp, source=source: shutil.copyfile(source, tmp))
+    _finalize(out_dir, merged, merged["shards"])
+    return out_dir
+
+
+# ----------------------------------------------------------------------------------
+# Reading
+# ----------------------------------------------------------------------------------
+
+
+class FeatureStore:
+    """A finished feature store, opened for reading.
+
+    `info` is store.json; `utt_ids` the stored utterances in manifest order; `failures`
+    the clips that could not be decoded. `utt_id in store` tells whether one is stored.
+
+    >>> store = FeatureStore("features/")  # doctest: +SKIP
+    >>> store.load(store.utt_ids[:2], layers=[3], pooling="mean+std").shape  # doctest: +SKIP
+    torch.Size([2, 1, 1024])
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        store_json = self.path / "store.json"
+        if not store_json.is_file():
+            raise FeatureStoreError(f"{self.path}: no store.json; not a feature store (make one with extract_features)")
+        self.info = _read_json(store_json)
+        if self.info.get("format_version") != FORMAT_VERSION:
+            raise FeatureStoreError(
+                f"{self.path}: store format version {self.info.get('format_version')!r}; this package reads "
+                f"version {FORMAT_VERSION}. Extract the features again"
+            )
+        if not self.info.get("complete"):
+            raise FeatureStoreError(
+                f"{self.path}: the store is unfinished (an interrupted extraction); run extract_features "
+                "again with the same arguments to finish it"
+            )
+        self.index = pd.read_parquet(self.path / "index.parquet")
+        self._where = dict(zip(self.index["utt_id"], zip(self.index["shard"].tolist(), self.index["row"].tolist())))
+
+    @property
+    def utt_ids(self) -> list[str]:
+        return self.index["utt_id"].tolist()
+
+    @property
+    def layers(self) -> list[int]:
+        return list(self.info["layers"])
+
+    @property
+    def failures(self) -> pd.DataFrame:
+        return pd.read_csv(self.path / "failures.csv", dtype={"utt_id": str, "path": str, "error": str})
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __contains__(self, utt_id: object) -> bool:
+        return utt_id in self._where
+
+    def check_backbone(self, backbone: Backbone | dict) -> None:
+        """Raise `FeatureStoreError` unless the store was made by this backbone (same
+        name, revision, family, layers, width, precision)."""
+        wanted = backbone.describe() if isinstance(backbone, Backbone) else dict(backbone)
+        found = self.info["backbone"]
+        if found != wanted:
+            differences = [f"{k}: store has {found.get(k)!r}, asked {wanted.get(k)!r}"
+                           for k in sorted(set(found) | set(wanted)) if found.get(k) != wanted.get(k)]
+            raise FeatureStoreError(
+                f"{self.path}: made by a different backbone ({'; '.join(differences)}); "
+                "features from different backbones cannot be mixed"
+            )
+
+    def _layer_slots(self, layers: Sequence[int] | None, stored: list[int], what: str) -> list[int]:
+        if layers is None:
+            return list(range(len(stored)))
+        num_layers = self.info["backbone"]["num_layers"]
+        wanted = _normalize_layers(layers, num_layers, what)
+        missing = [layer for layer in wanted if layer not in stored]
+        if missing:
+            raise FeatureStoreError(f"{self.path}: layer(s) {missing} are not stored; {what} stored: {stored}")
+        return [stored.index(layer) for layer in wanted]
+
+    def _locate(self, utt_ids: Sequence[str]) -> list[tuple[int, int]]:
+        missing = [u for u in utt_ids if u not in self._where]
+        if missing:
+            failed = set(self.failures["utt_id"]) & set(missing)
+            raise FeatureStoreError(
+                f"{self.path}: {len(missing)} of {len(utt_ids)} utt_id(s) are not in the store: "
+                f"{', '.join(map(str, missing[:10]))}{', ...' if len(missing) > 10 else ''}"
+                + (f" ({len(failed)} of them failed to decode; see failures.csv)" if failed else "")
+            )
+        return [self._where[u] for u in utt_ids]
+
+    def load(self, utt_ids: Sequence[str], layers: Sequence[int] | None = None,
+             pooling: str | Sequence[str] = "mean") -> torch.Tensor:
+        """Pooled features float32[N, n_layers, D] (or [N, n_layers, 2D] for "mean+std",
+        concatenated in the order asked), rows in the order of `utt_ids`."""
+        pooling = _normalize_pooling(pooling)
+        absent = [p for p in pooling if p not in self.info["pooling"]]
+        if absent:
+            raise FeatureStoreError(f"{self.path}: pooling {absent} not stored; stored: {self.info['pooling']}")
+        slots = self._layer_slots(layers, self.layers, "layers")
+        where = self._locate(list(utt_ids))
+        width = self.info["width"]
+        out = torch.empty(len(where), len(slots), width * len(pooling))
+        shards = np.array([s for s, _ in where], dtype=np.int64)
+        rows = torch.tensor([r for _, r in where], dtype=torch.long)
+        for shard in np.unique(shards):
+            take = torch.from_numpy(np.flatnonzero(shards == shard))
+            with safe_open(str(self.path / _shard_name(int(shard))), framework="pt") as handle:
+                for k, name in enumerate(pooling):
+                    values = handle.get_tensor(name)[rows[take]][:, slots]
+                    out[take, :, k * width : (k + 1) * width] = values
+        return out
+
+    def frames(self, utt_id: str, layers: Sequence[int] | None = None) -> torch.Tensor:
+        """Frame sequence of one utterance: float32[T, n_frame_layers, D]."""
+        if not self.info["frame_layers"]:
+            raise FeatureStoreError(f"{self.path}: no frame-level features stored (extract with frame_layers=...)")
+        slots = self._layer_slots(layers, list(self.info["frame_layers"]), "frame_layers")
+        ((shard, row),) = self._locate([utt_id])
+        with safe_open(str(self.path / _shard_name(shard)), framework="pt") as handle:
+            offsets = handle.get_slice("frame_offsets")[row : row + 2].tolist()
+            return handle.get_slice("frames")[offsets[0] : offsets[1]][:, slots]
+
+
+def load_features(
+    store_dir: str | Path,
+    manifest_or_utt_ids: pd.DataFrame | Sequence[str],
+    layers: Sequence[int] | None = None,
+    pooling: str | Sequence[str] = "mean",
+) -> torch.Tensor:
+    """Pooled features float32[N, n_layers, D] ([N, n_layers, 2D] for "mean+std") aligned
+    with the manifest rows (or the utt_ids given); raises listing any utt_id not stored.
+
+    >>> load_features("features/", read_manifest("manifest.csv"), layers=[2]).shape  # doctest: +SKIP
+    torch.Size([3000, 1, 512])
+    """
+    if isinstance(manifest_or_utt_ids, pd.DataFrame):
+        utt_ids = manifest_or_utt_ids["utt_id"].astype(str).tolist()
+    else:
+        utt_ids = [str(u) for u in manifest_or_utt_ids]
+    return FeatureStore(store_dir).load(utt_ids, layers=layers, pooling=pooling)

@@ -1,0 +1,384 @@
+"""The interventional grid: voices x texts (x channels), synthesised into a dataset folder.
+
+`plan_grid` decides which voice says which text and which rows are held out;
+`synthesize_grid` makes the audio (16 kHz mono FLAC, trimmed and loudness-normalised)
+and writes `manifest.csv` (`speaker` = voice id, `content` = text id, `source` =
+engine, plus a `channel` column). The folder holds:
+
+    manifest.csv      one row per finished clip
+    voices.json       the voice bank the grid was made with
+    grid.json         the settings, for provenance
+    failures.csv      clips that failed and why (only when some did)
+    audio/CHANNEL/SPEAKER/CONTENT.flac
+
+**Split rule.** `val_voices` voices and `val_texts` texts are held out. A row is
+`train` when both its voice and its text are training ones, `val` when both are held
+out, `val_voice` for a held-out voice saying a training text, and `val_text` for a
+training voice saying a held-out text. Only `train` rows may be used for training:
+then no held-out voice and no held-out text is ever heard in training, while the
+`val_voice` / `val_text` rows measure generalisation to one new factor at a time.
+`keep_mixed=False` does not synthesise the mixed rows at all.
+
+**Resuming.** Every clip is written to a temporary file and renamed into place, so a
+clip that exists is complete. Rerunning with the same arguments after a crash or
+`kill -9` skips finished clips and ends with the same manifest as one clean run
+(noise and rooms are seeded from each clip's id, not from the run).
+
+>>> from subspaces.synth import Voice
+>>> voices = [Voice("flite", {"voice": v}) for v in ("kal", "slt", "awb")]
+>>> plan = plan_grid(voices, ["yes", "no", "left", "right"], val_voices=1, val_texts=1, seed=0)
+>>> sorted(plan["split"].value_counts().items())
+[('train', 6), ('val', 1), ('val_text', 2), ('val_voice', 3)]
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import threading
+import warnings
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import soundfile as sf
+from tqdm.auto import tqdm
+
+from subspaces.atomic import write_text_atomic
+from subspaces.audio import normalize_loudness, resample, trim_silence
+from subspaces.channel import apply_channel, parse_channel
+from subspaces.manifest import write_manifest
+from subspaces.synth import SynthError, Voice, espeak_variants, flite_voices, load_voices, save_voices, synthesize
+from subspaces.texts import Text, text_id
+
+__all__ = ["GridError", "SAMPLE_RATE", "SPLITS", "plan_grid", "synthesize_grid"]
+
+SAMPLE_RATE = 16000
+SPLITS = ("train", "val", "val_voice", "val_text")
+MANIFEST_NAME = "manifest.csv"
+FAILURES_NAME = "failures.csv"
+_PARTIAL_SUFFIX = ".partial"
+
+
+class GridError(ValueError):
+    """Grid settings that cannot be met, or a folder that holds a different grid."""
+
+
+def _as_texts(texts: Sequence[Text | str]) -> list[Text]:
+    out = [t if isinstance(t, Text) else Text(text_id(t), t) for t in texts]
+    ids = [t.id for t in out]
+    repeated = sorted({i for i in ids if ids.count(i) > 1})
+    if repeated:
+        raise GridError(f"texts repeat the content id(s) {', '.join(repeated[:5])}; each text must appear once")
+    if not out:
+        raise GridError("no texts given; a grid needs at least one")
+    return out
+
+
+def _held_out(ids: list[str], amount: int | float | Sequence[str], rng: np.random.Generator, what: str) -> set[str]:
+    """Pick the held-out ids: a count (int), a fraction (float in [0, 1)), or the ids themselves."""
+    if isinstance(amount, (list, tuple, set, frozenset)):
+        unknown = sorted(set(amount) - set(ids))
+        if unknown:
+            raise GridError(f"held-out {what} {', '.join(map(str, unknown[:5]))} are not in the grid's {what}")
+        chosen = set(amount)
+    elif isinstance(amount, float):
+        if not 0.0 <= amount < 1.0:
+            raise GridError(f"val_{what}={amount} as a fraction must be in [0, 1); give an int for a count")
+        count = int(round(amount * len(ids)))
+        chosen = {ids[i] for i in rng.permutation(len(ids))[:count]}
+    elif isinstance(amount, int):
+        if not 0 <= amount < len(ids):
+            raise GridError(f"val_{what}={amount}: hold out 0 to {len(ids) - 1} of the {len(ids)} {what}")
+        chosen = {ids[i] for i in rng.permutation(len(ids))[:amount]}
+    else:
+        raise GridError(f"val_{what} must be a count, a fraction or a list of ids, not {amount!r}")
+    if len(chosen) == len(ids):
+        raise GridError(f"all {len(ids)} {what} are held out; leave at least one for training")
+    return chosen
+
+
+def _sparse_pairs(n_voices: int, n_texts: int, per_voice: int, min_per_text: int,
+                  rng: np.random.Generator) -> list[tuple[int, int]]:
+    """Each voice gets `per_voice` texts; texts are dealt least-used first (ties broken
+    at random), so text counts differ by at most one and every text gets at least
+    floor(n_voices * per_voice / n_texts) >= min_per_text voices."""
+    counts = np.zeros(n_texts, dtype=np.int64)
+    pairs = []
+    for v in rng.permutation(n_voices):
+        order = np.lexsort((rng.random(n_texts), counts))
+        chosen = np.sort(order[:per_voice])
+        counts[chosen] += 1
+        pairs += [(int(v), int(t)) for t in chosen]
+    assert counts.min() >= min_per_text, "least-used-first dealing always meets a feasible minimum"
+    return sorted(pairs)
+
+
+def plan_grid(
+    voices: Sequence[Voice],
+    texts: Sequence[Text | str],
+    *,
+    dense: bool = True,
+    per_voice: int | None = None,
+    min_per_text: int = 2,
+    val_voices: int | float | Sequence[str] = 0,
+    val_texts: int | float | Sequence[str] = 0,
+    seed: int = 0,
+    channels: Sequence[str] | None = None,
+    keep_mixed: bool = True,
+) -> pd.DataFrame:
+    """The rows of a grid before synthesis: utt_id, path, speaker, content, text, split,
+    source, channel (in voice, text, channel order).
+
+    Dense: every voice says every text. Sparse (`dense=False`): every voice says exactly
+    `per_voice` texts (default: the fewest that give each text `min_per_text` voices)
+    and every text is said by at least `min_per_text` voices. `val_voices`/`val_texts`
+    are counts (int), fractions (float) or lists of ids; see the module's split rule.
+    `channels` are channel specs (`subspaces.channel`); the default is `["clean"]`.
+
+    >>> from subspaces.synth import Voice
+    >>> voices = [Voice("flite", {"voice": v}) for v in ("kal", "slt", "awb", "rms")]
+    >>> plan = plan_grid(voices, ["up", "down", "left", "right"], dense=False, per_voice=2)
+    >>> plan.groupby("speaker").size().tolist(), int(plan.groupby("content").size().min())
+    ([2, 2, 2, 2], 2)
+    """
+    voices = list(voices)
+    texts_ = _as_texts(texts)
+    channels = list(channels) if channels is not None else ["clean"]
+    if not voices:
+        raise GridError("no voices given; a grid needs at least one")
+    speakers = [v.speaker for v in voices]
+    repeated = sorted({s for s in speakers if speakers.count(s) > 1})
+    if repeated:
+        raise GridError(f"voices repeat the speaker id(s) {', '.join(repeated[:5])}; each voice must appear once")
+    if not channels or len(set(channels)) != len(channels):
+        raise GridError(f"channels {channels} must be a non-empty list without repeats")
+    for spec in channels:
+        parse_channel(spec)
+    rng = np.random.default_rng(seed)
+    held_voices = _held_out(speakers, val_voices, rng, "voices")
+    held_texts = _held_out([t.id for t in texts_], val_texts, rng, "texts")
+
+    n_voices, n_texts = len(voices), len(texts_)
+    if dense:
+        if per_voice is not None:
+            raise GridError("per_voice is for sparse grids; pass dense=False or leave per_voice out")
+        pairs = [(v, t) for v in range(n_voices) for t in range(n_texts)]
+    else:
+        if not 1 <= min_per_text <= n_voices:
+            raise GridError(f"min_per_text={min_per_text} must be between 1 and the number of voices ({n_voices})")
+        if per_voice is None:
+            per_voice = math.ceil(n_texts * min_per_text / n_voices)
+        if not 1 <= per_voice <= n_texts:
+            raise GridError(f"per_voice={per_voice} must be between 1 and the number of texts ({n_texts})")
+        if n_voices * per_voice < n_texts * min_per_text:
+            raise GridError(
+                f"{n_voices} voices x {per_voice} texts each = {n_voices * per_voice} clips cannot give "
+                f"{n_texts} texts {min_per_text} voices each ({n_texts * min_per_text} clips); "
+                f"raise per_voice to {math.ceil(n_texts * min_per_text / n_voices)} or lower min_per_text"
+            )
+        pairs = _sparse_pairs(n_voices, n_texts, per_voice, min_per_text, rng)
+
+    rows = []
+    for v, t in pairs:
+        voice, text = voices[v], texts_[t]
+        held_v, held_t = voice.speaker in held_voices, text.id in held_texts
+        split = {(False, False): "train", (True, True): "val", (True, False): "val_voice", (False, True): "val_text"}[
+            (held_v, held_t)
+        ]
+        if split in ("val_voice", "val_text") and not keep_mixed:
+            continue
+        for channel in channels:
+            rows.append({
+                "utt_id": f"{voice.speaker}__{text.id}__{channel}",
+                "path": f"audio/{channel}/{voice.speaker}/{text.id}.flac",
+                "speaker": voice.speaker,
+                "content": text.id,
+                "text": text.text,
+                "split": split,
+                "source": voice.engine,
+                "channel": channel,
+            })
+    return pd.DataFrame(rows, columns=["utt_id", "path", "speaker", "content", "text", "split", "source", "channel"])
+
+
+@dataclass
+class _Task:
+    """One voice saying one text, written out under one or more channels."""
+
+    voice: Voice
+    text: str
+    utt_ids: list[str]
+    channels: list[str]
+    paths: list[Path]
+
+
+def _clip_seed(utt_id: str) -> int:
+    return int(hashlib.sha1(utt_id.encode("utf-8")).hexdigest()[:8], 16)
+
+
+def _finished_frames(path: Path) -> int | None:
+    """Frames of a finished clip, or None when it is absent or not a 16 kHz clip."""
+    if not path.is_file():
+        return None
+    try:
+        info = sf.info(str(path))
+    except (sf.LibsndfileError, RuntimeError):
+        return None
+    return info.frames if info.samplerate == SAMPLE_RATE and info.frames > 0 else None
+
+
+def _write_flac(path: Path, wave: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}{_PARTIAL_SUFFIX}")
+    try:
+        sf.write(str(tmp), wave, SAMPLE_RATE, format="FLAC", subtype="PCM_16")
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _run_task(task: _Task) -> list[int]:
+    """Make the task's missing clips; return every clip's length in samples."""
+    frames = [_finished_frames(p) for p in task.paths]
+    if all(f is not None for f in frames):
+        return [int(f) for f in frames]
+    wave, rate = synthesize(task.voice, task.text)
+    wave = trim_silence(resample(wave, rate, SAMPLE_RATE), SAMPLE_RATE)
+    if not np.any(wave):
+        raise SynthError(f"{task.voice.engine} voice {task.voice.speaker} produced only silence for {task.text!r}")
+    out = []
+    for utt_id, channel, path, done in zip(task.utt_ids, task.channels, task.paths, frames):
+        if done is not None:
+            out.append(int(done))
+            continue
+        clip = normalize_loudness(apply_channel(wave, SAMPLE_RATE, channel, seed=_clip_seed(utt_id)))
+        if not np.all(np.isfinite(clip)):
+            raise SynthError(f"channel {channel} made non-finite samples for {utt_id}")
+        _write_flac(path, clip)
+        out.append(len(clip))
+    return out
+
+
+def _check_same_voices(out_dir: Path, voices: Sequence[Voice]) -> None:
+    bank = out_dir / "voices.json"
+    if not bank.is_file():
+        return
+    before = {v.speaker: v for v in load_voices(bank)}
+    for voice in voices:
+        old = before.get(voice.speaker)
+        if old is not None and old != voice:
+            raise GridError(
+                f"{out_dir} already holds clips of a different voice with the speaker id {voice.speaker!r} "
+                f"({old.to_dict()} there, {voice.to_dict()} now); use a new folder or another speaker id"
+            )
+
+
+def synthesize_grid(
+    voices: Sequence[Voice],
+    texts: Sequence[Text | str],
+    out_dir: str | Path,
+    *,
+    dense: bool = True,
+    per_voice: int | None = None,
+    min_per_text: int = 2,
+    val_voices: int | float | Sequence[str] = 0,
+    val_texts: int | float | Sequence[str] = 0,
+    workers: int = 2,
+    seed: int = 0,
+    channels: Sequence[str] | None = None,
+    keep_mixed: bool = True,
+) -> pd.DataFrame:
+    """Synthesise the grid `plan_grid` describes into `out_dir`; return its manifest.
+
+    Clips are made by `workers` threads (the engines run as subprocesses). Finished
+    clips are skipped, so rerunning resumes. A clip that fails is left out of the
+    manifest, listed with its error in `failures.csv` (and `manifest.attrs["failures"]`)
+    and reported with a warning at the end; the other clips go on.
+
+    >>> import tempfile
+    >>> from subspaces.synth import sample_voices
+    >>> table = synthesize_grid(sample_voices("espeak-ng", 2), ["yes", "no"], tempfile.mkdtemp())  # doctest: +SKIP
+    >>> len(table)  # doctest: +SKIP
+    4
+    """
+    if workers < 1:
+        raise GridError(f"workers={workers}; use at least 1")
+    out_dir = Path(out_dir)
+    plan = plan_grid(voices, texts, dense=dense, per_voice=per_voice, min_per_text=min_per_text,
+                     val_voices=val_voices, val_texts=val_texts, seed=seed, channels=channels,
+                     keep_mixed=keep_mixed)
+    voices = list(voices)
+    # Fail at once, with the install command, when an engine is missing.
+    engines = {v.engine for v in voices}
+    if "espeak-ng" in engines:
+        espeak_variants()
+    if "flite" in engines:
+        flite_voices()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _check_same_voices(out_dir, voices)
+    save_voices(voices, out_dir / "voices.json")
+    # A kill -9 can leave temporary clips behind; they never look finished, so remove them.
+    for stale in (out_dir / "audio").rglob(f"*{_PARTIAL_SUFFIX}") if (out_dir / "audio").is_dir() else []:
+        stale.unlink(missing_ok=True)
+
+    by_speaker = {v.speaker: v for v in voices}
+    tasks: list[_Task] = []
+    rows_of_task: list[list[int]] = []
+    for (speaker, content), group in plan.groupby(["speaker", "content"], sort=False):
+        tasks.append(_Task(by_speaker[speaker], group["text"].iloc[0], group["utt_id"].tolist(),
+                           group["channel"].tolist(), [out_dir / p for p in group["path"]]))
+        rows_of_task.append(group.index.tolist())
+
+    frames = np.zeros(len(plan), dtype=np.int64)
+    failures = []
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        futures = {pool.submit(_run_task, task): i for i, task in enumerate(tasks)}
+        for future in tqdm(as_completed(futures), total=len(futures), desc="synthesising", unit="text",
+                           disable=None):
+            i = futures[future]
+            try:
+                frames[rows_of_task[i]] = future.result()
+            except Exception as error:  # any engine or channel failure is recorded, not fatal
+                for row in rows_of_task[i]:
+                    failures.append({**plan.loc[row, ["utt_id", "speaker", "content", "channel", "source", "text"]],
+                                     "error": f"{type(error).__name__}: {error}"})
+
+    manifest = plan.loc[frames > 0].copy()
+    manifest["duration_s"] = frames[frames > 0] / SAMPLE_RATE
+    manifest["sample_rate"] = SAMPLE_RATE
+    manifest = manifest.reset_index(drop=True)
+    failure_table = pd.DataFrame(failures, columns=["utt_id", "speaker", "content", "channel", "source", "text", "error"])
+    failure_path = out_dir / FAILURES_NAME
+    if failures:
+        order = {u: i for i, u in enumerate(plan["utt_id"])}
+        failure_table = failure_table.sort_values("utt_id", key=lambda s: s.map(order)).reset_index(drop=True)
+        write_text_atomic(failure_path, failure_table.to_csv(index=False))
+    elif failure_path.exists():
+        failure_path.unlink()
+    if manifest.empty:
+        raise GridError(
+            f"every one of the {len(plan)} clips failed; the first error: {failure_table.loc[0, 'error']} "
+            f"(all are in {failure_path})"
+        )
+    write_manifest(manifest, out_dir / MANIFEST_NAME)
+    settings = {
+        "voices": len(voices), "texts": int(plan["content"].nunique()), "dense": dense, "per_voice": per_voice,
+        "min_per_text": min_per_text, "val_voices": val_voices if not isinstance(val_voices, (set, frozenset)) else sorted(val_voices),
+        "val_texts": val_texts if not isinstance(val_texts, (set, frozenset)) else sorted(val_texts),
+        "seed": seed, "channels": list(channels) if channels is not None else ["clean"], "keep_mixed": keep_mixed,
+        "sample_rate": SAMPLE_RATE, "clips": len(manifest), "failed": len(failure_table),
+    }
+    write_text_atomic(out_dir / "grid.json", json.dumps(settings, indent=2, default=list) + "\n")
+    manifest.attrs["root"] = str(out_dir.resolve())
+    manifest.attrs["failures"] = failure_table
+    if failures:
+        warnings.warn(f"{len(failure_table)} of {len(plan)} clips failed and are left out of the manifest; "
+                      f"see {failure_path}", stacklevel=2)
+    return manifest

@@ -1,0 +1,270 @@
+"""The subspace model: frozen backbone features in, one vector split into named subspaces out.
+
+Pipeline inside `SubspaceModel.forward`, for pooled features `float[B, L, D]` (L backbone
+layers, D the pooled width; D is twice the backbone width for "mean+std" pooling):
+
+1. input normalisation: subtract the training-set mean and divide by its standard
+   deviation, per layer and per dimension (buffers fitted by `fit_normalization`, saved
+   with the weights);
+2. layer selection: one layer, or "mix", a softmax-weighted sum of all layers with one
+   learned weight per layer (as s3prl's featurizer does);
+3. an MLP trunk: `input -> hidden[0] -> ... -> hidden[-1] -> output`, GELU between linear
+   layers. The paper's "MLP 768-768-768-768" is read as three hidden layers of 768 and an
+   output of 768 (= 384 speaker + 384 content): four linear layers in all;
+4. the output vector is cut into the named subspaces in order (plus an optional
+   "residual" subspace that no factor claims).
+
+A saved model is a folder with `config.json` (package version, architecture, subspace
+names and sizes, layer selection, free-form metadata such as the backbone name and
+revision) and `model.safetensors`. Loading reads only those two files and never unpickles.
+
+>>> import torch, tempfile
+>>> config = SubspaceConfig(input_dim=8, num_layers=3, hidden=(16,), subspaces=(("speaker", 4), ("content", 4)))
+>>> model = SubspaceModel(config)
+>>> out = model(torch.randn(5, 3, 8))
+>>> {name: tuple(v.shape) for name, v in out.items()}
+{'speaker': (5, 4), 'content': (5, 4)}
+>>> folder = model.save(tempfile.mkdtemp(), metadata={"backbone": "whisper-base"})
+>>> loaded = SubspaceModel.load(folder)
+>>> loaded.metadata["backbone"]
+'whisper-base'
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .atomic import write_atomic
+
+__all__ = ["ARCHITECTURE", "ModelError", "SubspaceConfig", "SubspaceModel", "RESIDUAL"]
+
+ARCHITECTURE = "SubspaceModel"
+RESIDUAL = "residual"
+LAYER_MIX = "mix"
+POOLINGS = ("mean", "mean+std")
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+# Guards the normalisation against constant input dimensions (std 0); features are O(1).
+_MIN_STD = 1e-5
+
+
+class ModelError(ValueError):
+    """A model configuration, folder or input that cannot be used; the message says why."""
+
+
+@dataclass(frozen=True)
+class SubspaceConfig:
+    """Everything needed to rebuild a `SubspaceModel` (stored in config.json).
+
+    input_dim: width of the pooled features as they arrive (2 x backbone width for "mean+std").
+    num_layers: how many backbone layers the features carry (the L of [B, L, D]).
+    layer: an index into those layers (negative counts from the end) or "mix".
+    pooling: how the features were pooled over time, "mean" or "mean+std" (recorded so
+        that inference pools the same way; the model itself receives pooled features).
+    hidden: sizes of the hidden layers; the output layer's size is the sum of subspace sizes.
+    subspaces: (name, size) pairs in output order, one per factor.
+    residual: size of an extra "residual" subspace claimed by no factor (0 = none).
+    dropout: dropout after every hidden activation.
+
+    >>> SubspaceConfig(input_dim=512).output_dim
+    768
+    """
+
+    input_dim: int
+    num_layers: int = 1
+    layer: int | str = LAYER_MIX
+    pooling: str = "mean"
+    hidden: tuple[int, ...] = (768, 768, 768)
+    subspaces: tuple[tuple[str, int], ...] = (("speaker", 384), ("content", 384))
+    residual: int = 0
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        # Normalise lists (from JSON or TOML) to tuples so configs compare and hash.
+        object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
+        object.__setattr__(self, "subspaces", tuple((str(n), int(s)) for n, s in self.subspaces))
+        if self.input_dim < 1:
+            raise ModelError(f"input_dim must be a positive integer, got {self.input_dim}")
+        if self.num_layers < 1:
+            raise ModelError(f"num_layers must be a positive integer, got {self.num_layers}")
+        if isinstance(self.layer, str):
+            if self.layer != LAYER_MIX:
+                raise ModelError(f"layer must be an integer index or {LAYER_MIX!r}, got {self.layer!r}")
+        elif not -self.num_layers <= self.layer < self.num_layers:
+            raise ModelError(
+                f"layer {self.layer} is out of range for features with {self.num_layers} layer(s); "
+                f"use 0..{self.num_layers - 1}, a negative index, or {LAYER_MIX!r}"
+            )
+        if self.pooling not in POOLINGS:
+            raise ModelError(f"pooling must be one of {', '.join(POOLINGS)}, got {self.pooling!r}")
+        if self.pooling == "mean+std" and self.input_dim % 2:
+            raise ModelError(f"mean+std features concatenate mean and std, so input_dim must be even, got {self.input_dim}")
+        if any(h < 1 for h in self.hidden):
+            raise ModelError(f"hidden sizes must be positive integers, got {list(self.hidden)}")
+        names = [name for name, _ in self.subspaces]
+        if not names:
+            raise ModelError("at least one subspace is needed, e.g. (('speaker', 384), ('content', 384))")
+        if len(set(names)) != len(names) or RESIDUAL in names:
+            raise ModelError(f"subspace names must be unique and not {RESIDUAL!r} (reserved), got {names}")
+        if any(size < 1 for _, size in self.subspaces) or self.residual < 0:
+            raise ModelError(f"subspace sizes must be positive (residual >= 0), got {dict(self.subspaces)}, residual={self.residual}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ModelError(f"dropout must be in [0, 1), got {self.dropout}")
+
+    @property
+    def sizes(self) -> dict[str, int]:
+        """Subspace name -> size, in output order, the residual last when present."""
+        sizes = dict(self.subspaces)
+        if self.residual:
+            sizes[RESIDUAL] = self.residual
+        return sizes
+
+    @property
+    def output_dim(self) -> int:
+        return sum(self.sizes.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["hidden"] = list(self.hidden)
+        data["subspaces"] = [[name, size] for name, size in self.subspaces]
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> SubspaceConfig:
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ModelError(f"unknown SubspaceConfig key(s) {unknown}; valid keys: {sorted(known)}")
+        return cls(**data)
+
+
+class SubspaceModel(nn.Module):
+    """Maps pooled features `float[B, L, D]` to `{subspace name: float[B, size]}`.
+
+    `metadata` is a free-form JSON-able dict saved with the model (backbone name and
+    revision, training recipe, ...).
+
+    >>> model = SubspaceModel(SubspaceConfig(input_dim=4, num_layers=2, layer=1, hidden=(8,), subspaces=(("a", 2),), residual=1))
+    >>> sorted(model(torch.zeros(3, 2, 4)))
+    ['a', 'residual']
+    """
+
+    def __init__(self, config: SubspaceConfig, metadata: Mapping[str, Any] | None = None):
+        super().__init__()
+        self.config = config
+        self.metadata: dict[str, Any] = dict(metadata or {})
+        self.register_buffer("input_mean", torch.zeros(config.num_layers, config.input_dim))
+        self.register_buffer("input_std", torch.ones(config.num_layers, config.input_dim))
+        if config.layer == LAYER_MIX:
+            # Zero logits = equal weights at the start, as in s3prl's featurizer.
+            self.layer_logits = nn.Parameter(torch.zeros(config.num_layers))
+        widths = [config.input_dim, *config.hidden]
+        blocks: list[nn.Module] = []
+        for width_in, width_out in zip(widths[:-1], widths[1:]):
+            blocks += [nn.Linear(width_in, width_out), nn.GELU()]
+            if config.dropout:
+                blocks.append(nn.Dropout(config.dropout))
+        blocks.append(nn.Linear(widths[-1], config.output_dim))
+        self.trunk = nn.Sequential(*blocks)
+
+    @property
+    def layer_weights(self) -> torch.Tensor:
+        """`float[L]`: how much each backbone layer contributes (one-hot for a single layer)."""
+        if self.config.layer == LAYER_MIX:
+            return torch.softmax(self.layer_logits, dim=0)
+        weights = torch.zeros(self.config.num_layers, device=self.input_mean.device)
+        weights[self.config.layer] = 1.0
+        return weights
+
+    @torch.no_grad()
+    def fit_normalization(self, features: torch.Tensor) -> None:
+        """Set the input mean and std from training features `float[N, L, D]`."""
+        self._check_features(features)
+        if features.shape[0] < 2:
+            raise ModelError(f"fitting the input normalisation needs at least 2 items, got {features.shape[0]}")
+        features = features.to(self.input_mean.device, torch.float64)
+        self.input_mean.copy_(features.mean(dim=0).float())
+        self.input_std.copy_(features.std(dim=0).clamp_min(_MIN_STD).float())
+
+    def forward(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
+        """features `float[B, L, D]` -> `{name: float[B, size]}` (unnormalised vectors)."""
+        self._check_features(features)
+        x = (features.to(self.input_mean.dtype) - self.input_mean) / self.input_std
+        if self.config.layer == LAYER_MIX:
+            x = torch.einsum("l,bld->bd", torch.softmax(self.layer_logits, dim=0), x)
+        else:
+            x = x[:, self.config.layer]
+        output = self.trunk(x)
+        return dict(zip(self.config.sizes, output.split(list(self.config.sizes.values()), dim=1)))
+
+    def _check_features(self, features: torch.Tensor) -> None:
+        expected = (self.config.num_layers, self.config.input_dim)
+        if features.ndim != 3 or tuple(features.shape[1:]) != expected:
+            raise ModelError(
+                f"features must have shape [batch, {expected[0]} layers, {expected[1]}], got {list(features.shape)}"
+            )
+
+    def save(self, folder: str | Path, metadata: Mapping[str, Any] | None = None) -> Path:
+        """Write `config.json` + `model.safetensors` into `folder` (each atomically); return it.
+
+        `metadata` is merged into `self.metadata` before writing.
+        """
+        from . import __version__
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.metadata.update(metadata or {})
+        description = {
+            "architecture": ARCHITECTURE,
+            "package": "speech-subspaces",
+            "package_version": __version__,
+            "subspaces": self.config.sizes,
+            "layer": self.config.layer,
+            "pooling": self.config.pooling,
+            "config": self.config.to_dict(),
+            "metadata": self.metadata,
+        }
+        tensors = {name: tensor.detach().cpu().contiguous() for name, tensor in self.state_dict().items()}
+        write_atomic(folder / WEIGHTS_FILE, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
+        write_atomic(
+            folder / CONFIG_FILE,
+            lambda tmp: Path(tmp).write_text(json.dumps(description, indent=2, sort_keys=False) + "\n"),
+        )
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | Path, map_location: str | torch.device = "cpu") -> SubspaceModel:
+        """Rebuild a saved model from its folder (safetensors only, nothing unpickled), in eval mode."""
+        folder = Path(folder)
+        config_path, weights_path = folder / CONFIG_FILE, folder / WEIGHTS_FILE
+        for path in (config_path, weights_path):
+            if not path.is_file():
+                raise ModelError(f"{folder}: not a subspace model folder, {path.name} is missing")
+        try:
+            description = json.loads(config_path.read_text())
+        except json.JSONDecodeError as error:
+            raise ModelError(f"{config_path}: not valid JSON ({error})") from error
+        if description.get("architecture") != ARCHITECTURE:
+            raise ModelError(
+                f"{config_path}: architecture is {description.get('architecture')!r}, expected {ARCHITECTURE!r}"
+            )
+        model = cls(SubspaceConfig.from_dict(description["config"]), metadata=description.get("metadata"))
+        state = load_file(weights_path, device=str(map_location))
+        missing, unexpected = set(model.state_dict()) - set(state), set(state) - set(model.state_dict())
+        if missing or unexpected:
+            raise ModelError(
+                f"{weights_path}: weights do not match config.json (missing {sorted(missing)}, unexpected {sorted(unexpected)})"
+            )
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as error:  # torch reports shape mismatches this way
+            raise ModelError(f"{weights_path}: weights do not match config.json ({error})") from error
+        return model.to(map_location).eval()

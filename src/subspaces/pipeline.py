@@ -1,0 +1,170 @@
+"""Pipelines that chain the stages: `run_demo` (the whole default pipeline, offline:
+synthesise, extract, train, evaluate on real speech) and `evaluate_model` (a trained
+model on any corpus, beside the raw backbone layers).
+
+Each stage writes its own folder under `out_dir` and is resumable, so a rerun reuses
+finished stages (and an interrupted one continues):
+
+    out_dir/grid/          synthetic interventional grid (voices x words)
+    out_dir/features-grid/ backbone features of the grid
+    out_dir/fsdd/          manifest of the real-speech evaluation subset
+    out_dir/features-fsdd/ backbone features of it
+    out_dir/model/         the trained subspace model
+    out_dir/report/        metrics.json, report.md, plots
+
+>>> recipe = DemoRecipe()
+>>> recipe.train.block
+{'speaker': 16, 'content': 16}
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .backbones import Backbone, load_backbone
+from .corpora import read_fsdd
+from .evaluate import evaluate_systems, linear_cka, summary_table
+from .features import extract_features, load_features
+from .grid import synthesize_grid
+from .manifest import read_manifest, write_manifest
+from .model import SubspaceModel
+from .report import write_report
+from .synth import sample_voices
+from .texts import load_texts
+from .train import TrainConfig, train
+
+__all__ = ["DemoRecipe", "embed_features", "evaluate_model", "run_demo"]
+
+
+@dataclass(frozen=True)
+class DemoRecipe:
+    """What `subspaces demo` runs. Sized to finish in minutes on a 2-core CPU.
+
+    Voices come from both offline engines (flite's are built from recordings of real
+    speakers; espeak-ng's are formant synthesis); texts are single English words (never
+    digits: the real test set is spoken digits); held-out voices and words validate.
+    """
+
+    espeak_voices: int = 16
+    flite_voices: int = 16
+    texts: str = "words"
+    num_texts: int = 64
+    val_voices: int = 4
+    val_texts: int = 8
+    channels: tuple[str, ...] = ("clean",)
+    backbone: str = "whisper-base"
+    precision: str = "float32"
+    fsdd_per_speaker_digit: int = 10
+    seed: int = 0
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(
+        block={"speaker": 16, "content": 16}, val_every=120, checkpoint_every=120))
+
+
+def embed_features(model: SubspaceModel, features: torch.Tensor, batch: int = 1024) -> dict[str, np.ndarray]:
+    """Run a subspace model over pooled features float[N, L, D]: {subspace: float[N, size]}."""
+    model.eval()
+    parts: dict[str, list[np.ndarray]] = {}
+    with torch.inference_mode():
+        for start in range(0, len(features), batch):
+            for name, vectors in model(features[start : start + batch]).items():
+                parts.setdefault(name, []).append(vectors.numpy())
+    return {name: np.concatenate(chunks) for name, chunks in parts.items()}
+
+
+def _stage(message: str) -> float:
+    print(f"[demo] {message}", flush=True)
+    return time.perf_counter()
+
+
+def run_demo(out_dir: str | Path, recipe: DemoRecipe = DemoRecipe()) -> dict:
+    """Run the default pipeline into `out_dir` and return the evaluation results
+    (also written to out_dir/report/metrics.json)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "recipe.json").write_text(json.dumps(asdict(recipe), indent=2, default=str) + "\n")
+    timings = {}
+
+    started = _stage("1/4 synthesising the interventional grid")
+    voices = (sample_voices("espeak-ng", recipe.espeak_voices, seed=recipe.seed)
+              + sample_voices("flite", recipe.flite_voices, seed=recipe.seed))
+    rng = np.random.default_rng(recipe.seed)
+    all_texts = load_texts(recipe.texts)
+    texts = [all_texts[i] for i in sorted(rng.choice(len(all_texts), size=min(recipe.num_texts, len(all_texts)),
+                                                     replace=False))]
+    synthesize_grid(voices, texts, out / "grid", val_voices=recipe.val_voices, val_texts=recipe.val_texts,
+                    seed=recipe.seed, channels=list(recipe.channels), keep_mixed=False)
+    timings["synth_s"] = time.perf_counter() - started
+
+    started = _stage(f"2/4 extracting {recipe.backbone} features of the grid")
+    backbone = load_backbone(recipe.backbone, precision=recipe.precision)
+    grid = read_manifest(out / "grid" / "manifest.csv")
+    extract_features(grid, backbone, out / "features-grid", pooling=("mean",))
+    fsdd = read_fsdd(limit_per_speaker_digit=recipe.fsdd_per_speaker_digit, seed=recipe.seed)
+    write_manifest(fsdd, out / "fsdd" / "manifest.csv")
+    fsdd = read_manifest(out / "fsdd" / "manifest.csv")
+    timings["extract_s"] = time.perf_counter() - started
+
+    started = _stage("3/4 training the subspace model")
+    grid_features = load_features(out / "features-grid", grid)
+    train(grid_features, grid, recipe.train, out / "model",
+          metadata={"backbone": backbone.name, "backbone_revision": backbone.revision, "recipe": "demo"})
+    timings["train_s"] = time.perf_counter() - started
+
+    started = _stage("4/4 evaluating on real speech (FSDD) and writing the report")
+    results = evaluate_model(out / "model", fsdd, out / "features-fsdd", out / "report", backbone=backbone,
+                             seed=recipe.seed, title=f"FSDD (real speech) after training on a synthetic grid, {backbone.name}")
+    timings["evaluate_s"] = time.perf_counter() - started
+    results["timings"] = timings
+    (out / "report" / "timings.json").write_text(json.dumps(timings, indent=2) + "\n")
+    print(summary_table(results))
+    print(f"[demo] report: {out / 'report' / 'report.md'}")
+    return results
+
+
+def evaluate_model(
+    model_dir: str | Path, corpus: pd.DataFrame, features_dir: str | Path, report_dir: str | Path, *,
+    backbone: Backbone | None = None, max_trials: int | None = None, seed: int = 0, title: str = "Evaluation",
+) -> dict:
+    """Evaluate a trained model on a corpus manifest, beside every raw backbone layer.
+
+    Extracts the corpus' features with the model's backbone into `features_dir`
+    (resumable; reused when finished), embeds them, scores every system on the same
+    trials and probe folds, and writes the report into `report_dir`. Returns the results.
+    """
+    model = SubspaceModel.load(model_dir)
+    if backbone is None:
+        name = model.metadata.get("backbone")
+        if not name:
+            raise ValueError(f"{model_dir}: the model's config.json does not name its backbone; pass backbone=")
+        backbone = load_backbone(name)
+    expected = model.metadata.get("backbone_revision")
+    if expected and expected != backbone.revision:
+        raise ValueError(f"{model_dir} was trained on {backbone.name} revision {expected}, "
+                         f"but the backbone given is revision {backbone.revision}")
+    pooling = ("mean", "std") if model.config.pooling == "mean+std" else ("mean",)
+    extract_features(corpus, backbone, features_dir, pooling=pooling)
+    features = load_features(features_dir, corpus, pooling=model.config.pooling)
+    ours = embed_features(model, features)
+    systems = {f"ours: {name} subspace": vectors for name, vectors in ours.items()}
+    raw = features[..., : backbone.width] if model.config.pooling == "mean+std" else features
+    for layer in range(raw.shape[1]):
+        systems[f"raw layer {layer}"] = raw[:, layer].numpy()
+    results = evaluate_systems(systems, corpus, max_trials=max_trials, seed=seed)
+    notes = ""
+    if {"speaker", "content"} <= set(ours):
+        results["cka_speaker_content"] = linear_cka(ours["speaker"], ours["content"])
+        notes = f"Linear CKA between the speaker and content subspaces: {results['cka_speaker_content']:.3f}."
+    write_report(
+        results, report_dir, systems=systems, table=corpus,
+        tsne_systems=tuple(f"ours: {name} subspace" for name in ours) + ("raw layer 0",),
+        layer_weights=model.layer_weights.detach().numpy() if model.config.layer == "mix" else None,
+        title=title, notes=notes,
+    )
+    return results

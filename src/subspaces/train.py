@@ -1,0 +1,532 @@
+"""Training: pooled features of a grid + its factor table -> a saved `SubspaceModel`.
+
+Read top to bottom, `train` does:
+
+1. check the inputs and the recipe (`TrainConfig`, loadable from TOML with `load_recipe`);
+2. seed, build the model (input normalisation fitted on the training rows), AdamW and a
+   one-cycle learning-rate schedule (the paper: max lr 1e-4, 480 steps, batch 512 as a
+   16 x 32 grid block);
+3. resume from the newest checkpoint in `out_dir/checkpoints/` when there is one;
+4. per step: a grid block from `GridSampler`, the interventional loss, one update; log
+   the loss terms to `train_log.csv`;
+5. every `val_every` steps: embed the validation rows (held-out voices, split "val") and
+   log, for every subspace and every factor, the EER of cosine scores over all pairs and
+   the leave-one-out nearest-neighbour accuracy, to `val_log.csv`. The model with the
+   best validation score (mean EER of each factor in its own subspace) is saved to
+   `out_dir`; training stops early after `patience` validations without improvement;
+6. every `checkpoint_every` steps and at the end: an atomic checkpoint (weights,
+   optimizer, scheduler, RNG, early-stopping state). A run killed at any moment and
+   started again with the same arguments ends at the same weights as an uninterrupted one.
+
+The output folder:
+
+    out_dir/config.json, model.safetensors   the model (best on validation, or the last)
+    out_dir/recipe.toml                      the recipe, rerunnable with `load_recipe`
+    out_dir/train_log.csv, val_log.csv       one row per step / per validation
+    out_dir/checkpoints/step-NNNNNN/         the newest checkpoint
+
+>>> import pandas as pd, tempfile, torch
+>>> table = pd.DataFrame([(s, c, "train") for s in "abcd" for c in "wxyz"], columns=["speaker", "content", "split"])
+>>> config = TrainConfig(steps=3, block={"speaker": 2, "content": 2}, hidden=(16,), subspaces={"speaker": 4, "content": 4},
+...                      val_every=0, checkpoint_every=0)
+>>> folder = train(torch.randn(16, 1, 8), table, config, tempfile.mkdtemp())
+>>> sorted(p.name for p in folder.iterdir() if p.is_file())
+['config.json', 'model.safetensors', 'recipe.toml', 'train_log.csv']
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import math
+import os
+import shutil
+import tomllib
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from .atomic import write_text_atomic
+from .losses import interventional_loss
+from .model import SubspaceConfig, SubspaceModel
+from .sampler import GridSampler
+
+__all__ = ["TrainConfig", "TrainError", "load_recipe", "train", "write_recipe"]
+
+SELECTIONS = ("best", "last")
+STATE_FILE = "training_state.pt"
+
+
+class TrainError(ValueError):
+    """A recipe, input table or output folder that training cannot use; the message says why."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The training recipe: everything, besides the data, needed to rerun a training.
+
+    Defaults follow the paper (Cox & Barker 2026): speaker and content subspaces of 384,
+    MLP 768-768-768(-768 output), tau 0.1, orthogonality weight 1, AdamW + one-cycle with
+    max lr 1e-4, 480 steps, batch 512 = 16 voices x 32 texts.
+
+    subspaces: factor column -> size of its subspace (the factor's contrast runs there).
+    nuisance: a column (e.g. "channel") all subspaces must be invariant to; "" = none.
+    block: column -> values per batch; must name every factor (and the nuisance if any).
+    layer: backbone layer index or "mix"; pooling: "mean" or "mean+std" (as extracted).
+    select: which weights end in out_dir, "best" on validation or "last".
+    patience: validations without improvement before stopping early; 0 = never.
+    val_every / checkpoint_every: in steps; 0 = only at the end.
+    val_max_items: validation rows scored (a fixed random subset when there are more).
+
+    >>> TrainConfig().batch_size
+    512
+    """
+
+    subspaces: Mapping[str, int] = field(default_factory=lambda: {"speaker": 384, "content": 384})
+    nuisance: str = ""
+    residual: int = 0
+    block: Mapping[str, int] = field(default_factory=lambda: {"speaker": 16, "content": 32})
+    train_split: str = "train"
+    val_split: str = "val"
+    layer: int | str = "mix"
+    pooling: str = "mean"
+    hidden: tuple[int, ...] = (768, 768, 768)
+    dropout: float = 0.0
+    temperature: float = 0.1
+    margin: float = 0.0
+    orthogonality_weight: float = 1.0
+    steps: int = 480
+    max_lr: float = 1e-4
+    weight_decay: float = 0.01
+    pct_start: float = 0.3
+    seed: int = 0
+    val_every: int = 60
+    val_max_items: int = 1000
+    patience: int = 0
+    select: str = "best"
+    checkpoint_every: int = 60
+    tensorboard: bool = False
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "subspaces", dict(self.subspaces))
+        object.__setattr__(self, "block", dict(self.block))
+        object.__setattr__(self, "hidden", tuple(self.hidden))
+        problems = []
+        if not self.subspaces or any(not isinstance(v, int) or v < 1 for v in self.subspaces.values()):
+            problems.append(f"subspaces must map factor columns to positive sizes, got {self.subspaces}")
+        wanted_block = set(self.subspaces) | ({self.nuisance} if self.nuisance else set())
+        if set(self.block) != wanted_block:
+            problems.append(f"block must give a size for exactly the factors {sorted(wanted_block)}, got {sorted(self.block)}")
+        if any(not isinstance(v, int) or v < 2 for v in self.block.values()):
+            problems.append(f"block sizes must be integers >= 2, got {self.block}")
+        if self.nuisance in self.subspaces:
+            problems.append(f"nuisance {self.nuisance!r} cannot also be a factor with a subspace")
+        for name in ("steps", "val_max_items"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name} must be positive, got {getattr(self, name)}")
+        for name in ("residual", "val_every", "checkpoint_every", "patience", "seed"):
+            if getattr(self, name) < 0:
+                problems.append(f"{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("temperature", "max_lr"):
+            if not getattr(self, name) > 0:
+                problems.append(f"{name} must be positive, got {getattr(self, name)}")
+        for name in ("weight_decay", "orthogonality_weight", "margin"):
+            if getattr(self, name) < 0:
+                problems.append(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not 0 < self.pct_start < 1:
+            problems.append(f"pct_start must be in (0, 1), got {self.pct_start}")
+        if self.select not in SELECTIONS:
+            problems.append(f"select must be one of {', '.join(SELECTIONS)}, got {self.select!r}")
+        if problems:
+            raise TrainError("; ".join(problems))
+
+    @property
+    def batch_size(self) -> int:
+        return math.prod(self.block.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["hidden"] = list(self.hidden)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], source: str = "recipe") -> TrainConfig:
+        """Build from plain data (a parsed TOML recipe), with errors naming `source`.
+
+        >>> TrainConfig.from_dict({"steps": 10}).steps
+        10
+        """
+        valid = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(data) - set(valid))
+        if unknown:
+            raise TrainError(f"{source}: unknown key(s) {unknown}; valid keys are {sorted(valid)}")
+        for key, value in data.items():
+            if not _has_type(value, _FIELD_TYPES[key]):
+                raise TrainError(f"{source}: {key} = {value!r} is not {_FIELD_TYPES[key]}")
+        try:
+            return cls(**data)
+        except (TrainError, ValueError) as error:
+            raise TrainError(f"{source}: {error}") from error
+
+
+_FIELD_TYPES = {
+    "subspaces": "a table of integers",
+    "block": "a table of integers",
+    "nuisance": "a string",
+    "residual": "an integer",
+    "train_split": "a string",
+    "val_split": "a string",
+    "layer": 'an integer or "mix"',
+    "pooling": "a string",
+    "hidden": "a list of integers",
+    "dropout": "a number",
+    "temperature": "a number",
+    "margin": "a number",
+    "orthogonality_weight": "a number",
+    "steps": "an integer",
+    "max_lr": "a number",
+    "weight_decay": "a number",
+    "pct_start": "a number",
+    "seed": "an integer",
+    "val_every": "an integer",
+    "val_max_items": "an integer",
+    "patience": "an integer",
+    "select": "a string",
+    "checkpoint_every": "an integer",
+    "tensorboard": "a boolean",
+    "device": "a string",
+}
+
+
+def _has_type(value: Any, kind: str) -> bool:
+    def is_int(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    return {
+        "a string": lambda: isinstance(value, str),
+        "an integer": lambda: is_int(value),
+        "a number": lambda: is_int(value) or isinstance(value, float),
+        "a boolean": lambda: isinstance(value, bool),
+        "a list of integers": lambda: isinstance(value, (list, tuple)) and all(is_int(v) for v in value),
+        "a table of integers": lambda: isinstance(value, Mapping) and all(is_int(v) for v in value.values()),
+        'an integer or "mix"': lambda: is_int(value) or value == "mix",
+    }[kind]()
+
+
+def load_recipe(path: str | Path) -> TrainConfig:
+    """Read a TOML recipe; unknown keys and bad values raise `TrainError` naming the file.
+
+    >>> import tempfile
+    >>> recipe = Path(tempfile.mkdtemp()) / "recipe.toml"
+    >>> _ = recipe.write_text('steps = 100\\n[block]\\nspeaker = 8\\ncontent = 8\\n')
+    >>> load_recipe(recipe).batch_size
+    64
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise TrainError(f"{path}: no such recipe file")
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as error:
+        raise TrainError(f"{path}: not valid TOML ({error})") from error
+    return TrainConfig.from_dict(data, source=str(path))
+
+
+def write_recipe(config: TrainConfig, path: str | Path) -> None:
+    """Write `config` as a TOML recipe that `load_recipe` reads back equal (atomically)."""
+    scalars, tables = [], []
+    for key, value in config.to_dict().items():
+        if isinstance(value, dict):
+            tables.append(f"\n[{key}]\n" + "".join(f"{json.dumps(k)} = {_toml_value(v)}\n" for k, v in value.items()))
+        else:
+            scalars.append(f"{key} = {_toml_value(value)}\n")
+    write_text_atomic(Path(path), "".join(scalars) + "".join(tables))
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)  # a JSON string is a valid TOML basic string
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TrainError(f"cannot write {value!r} to TOML")
+
+
+def train(
+    features: torch.Tensor,
+    table: pd.DataFrame,
+    config: TrainConfig,
+    out_dir: str | Path,
+    metadata: Mapping[str, Any] | None = None,
+) -> Path:
+    """Train a `SubspaceModel` and return `out_dir`, the saved model's folder.
+
+    features: `float[N, L, D]` pooled features (L backbone layers).
+    table: N rows in the same order, with a column per factor of `config.subspaces`, the
+        nuisance column if any, and `split` (rows of `config.train_split` train; rows of
+        `config.val_split`, e.g. held-out voices, validate; other rows are ignored).
+    metadata: saved with the model (e.g. `{"backbone": "whisper-base", "revision": ...}`).
+    Running again on a folder with a checkpoint resumes from it (same data and recipe
+    required); on a finished folder it returns at once.
+    """
+    out_dir = Path(out_dir)
+    device = torch.device(config.device)
+
+    # 1. inputs
+    if not isinstance(features, torch.Tensor) or features.ndim != 3 or not features.is_floating_point():
+        raise TrainError(f"features must be a float tensor [N, layers, dim], got {getattr(features, 'shape', type(features))}")
+    if len(table) != features.shape[0]:
+        raise TrainError(f"table has {len(table)} rows but features have {features.shape[0]}; they must match row for row")
+    factor_names = list(config.subspaces)
+    columns = factor_names + ([config.nuisance] if config.nuisance else []) + ["split"]
+    missing = [c for c in columns if c not in table.columns]
+    if missing:
+        raise TrainError(f"table lacks column(s) {missing}; it has {list(table.columns)}")
+    split = table["split"].astype(str).to_numpy()
+    train_rows = np.flatnonzero(split == config.train_split)
+    val_rows = np.flatnonzero(split == config.val_split)
+    if len(train_rows) < 4:
+        raise TrainError(f"only {len(train_rows)} row(s) have split {config.train_split!r}; splits present: {sorted(set(split))}")
+    if not len(val_rows) and config.patience:
+        raise TrainError(f"patience = {config.patience} needs validation rows, but no row has split {config.val_split!r}")
+    codes = {name: torch.from_numpy(pd.factorize(table[name].astype(str), sort=True)[0]) for name in columns[:-1]}
+    if len(val_rows):
+        val_rows = np.sort(np.random.default_rng(config.seed).permutation(val_rows)[: config.val_max_items])
+        for name in factor_names:
+            counts = pd.Series(codes[name][val_rows].numpy()).value_counts()
+            if len(counts) < 2 or counts.max() < 2:
+                raise TrainError(
+                    f"validation rows ({config.val_split!r}) need at least 2 values of {name!r} and repeats of one, "
+                    f"got {len(counts)} value(s) with at most {counts.max()} row(s) each"
+                )
+    fingerprint = _fingerprint(features, table[columns])
+    sampler = GridSampler(table.iloc[train_rows].reset_index(drop=True), config.block, seed=config.seed)
+
+    # 2. model, optimizer, schedule
+    torch.manual_seed(config.seed)
+    model_config = SubspaceConfig(
+        input_dim=features.shape[2], num_layers=features.shape[1], layer=config.layer, pooling=config.pooling,
+        hidden=config.hidden, subspaces=tuple(config.subspaces.items()), residual=config.residual, dropout=config.dropout,
+    )
+    model = SubspaceModel(model_config, metadata={**(metadata or {})})
+    model.fit_normalization(features[train_rows])
+    model.to(device).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.max_lr, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=config.max_lr, total_steps=config.steps, pct_start=config.pct_start
+    )
+    state = {"step": 0, "best_score": math.inf, "best_step": -1, "bad_validations": 0, "finished": False}
+
+    # 3. resume
+    out_dir.mkdir(parents=True, exist_ok=True)
+    checkpoint = _newest_checkpoint(out_dir)
+    if checkpoint is not None:
+        saved = torch.load(checkpoint / STATE_FILE, map_location="cpu", weights_only=True)
+        if saved["recipe"] != config.to_dict() or saved["data"] != fingerprint:
+            raise TrainError(
+                f"{out_dir} holds a checkpoint ({checkpoint.name}) of a different recipe or different data; "
+                "use a new out_dir, or delete that folder to start over"
+            )
+        model.load_state_dict(SubspaceModel.load(checkpoint).state_dict())
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        torch.set_rng_state(saved["torch_rng"])
+        state = saved["progress"]
+        if state["finished"]:
+            return out_dir
+    else:
+        write_recipe(config, out_dir / "recipe.toml")
+    term_names = _term_names(config)
+    val_names = [f"{s}/{f}_{m}" for s in model_config.sizes for f in factor_names for m in ("eer", "nn_accuracy")]
+    train_log = _CsvLog(out_dir / "train_log.csv", ["step", "lr", "loss", *term_names], state["step"])
+    val_log = _CsvLog(out_dir / "val_log.csv", ["step", "score", *val_names], state["step"]) if len(val_rows) else None
+    board = _tensorboard(out_dir) if config.tensorboard else None
+
+    def model_metadata(step: int, scores: dict[str, float] | None) -> dict[str, Any]:
+        return {"training": {"recipe": config.to_dict(), "data": fingerprint, "step": step, "validation": scores}}
+
+    # 4-6. the loop
+    progress = tqdm(total=config.steps, initial=state["step"], desc="train", disable=None)
+    while state["step"] < config.steps and not state["finished"]:
+        rows = torch.from_numpy(train_rows[sampler.batch(state["step"])])
+        outputs = model(features[rows].to(device))
+        batch_factors = {name: codes[name][rows].to(device) for name in factor_names}
+        nuisance = codes[config.nuisance][rows].to(device) if config.nuisance else None
+        loss, terms = interventional_loss(
+            outputs, batch_factors, nuisance=nuisance, temperature=config.temperature, margin=config.margin,
+            orthogonality_weight=config.orthogonality_weight,
+        )
+        if not torch.isfinite(loss):
+            raise TrainError(f"the loss became {loss.item()} at step {state['step']}; lower max_lr or check the features")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        lr = scheduler.get_last_lr()[0]
+        optimizer.step()
+        scheduler.step()
+        state["step"] += 1
+        step = state["step"]
+        train_log.write([step, lr, loss.item(), *(terms[name].item() for name in term_names)])
+        if board is not None:
+            board.add_scalar("train/loss", loss.item(), step)
+            for name in term_names:
+                board.add_scalar(f"train/{name}", terms[name].item(), step)
+        progress.update(1)
+        progress.set_postfix(loss=f"{loss.item():.3f}")
+
+        at_end = step == config.steps
+        if val_log is not None and (at_end or (config.val_every and step % config.val_every == 0)):
+            scores = _validate(model, features[val_rows], {n: codes[n][val_rows] for n in factor_names}, device)
+            score = float(np.mean([scores[f"{name}/{name}_eer"] for name in factor_names]))
+            val_log.write([step, score, *(scores[name] for name in val_names)])
+            if board is not None:
+                for name, value in scores.items():
+                    board.add_scalar(f"val/{name}", value, step)
+            if score < state["best_score"]:
+                state.update(best_score=score, best_step=step, bad_validations=0)
+                if config.select == "best":
+                    model.save(out_dir, metadata=model_metadata(step, scores))
+            else:
+                state["bad_validations"] += 1
+                if config.patience and state["bad_validations"] >= config.patience:
+                    state["finished"] = True
+        if at_end:
+            state["finished"] = True
+        if state["finished"] and (config.select == "last" or val_log is None):
+            model.save(out_dir, metadata=model_metadata(step, None))
+        if state["finished"] or (config.checkpoint_every and step % config.checkpoint_every == 0):
+            _save_checkpoint(out_dir, model, optimizer, scheduler, state, config, fingerprint, model_metadata(step, None))
+    progress.close()
+    if board is not None:
+        board.close()
+    return out_dir
+
+
+def _term_names(config: TrainConfig) -> list[str]:
+    names = list(config.subspaces) + (["residual"] if config.residual else [])
+    contrasted = list(config.subspaces) + (["residual"] if config.residual and config.nuisance else [])
+    pairs = [f"orthogonality/{a}-{b}" for i, a in enumerate(names) for b in names[i + 1 :]]
+    return [f"contrastive/{name}" for name in contrasted] + pairs
+
+
+@torch.no_grad()
+def _validate(
+    model: SubspaceModel, features: torch.Tensor, factors: dict[str, torch.Tensor], device: torch.device
+) -> dict[str, float]:
+    """For every subspace and factor: pairwise cosine EER and leave-one-out 1-NN accuracy."""
+    from .metrics import eer
+
+    model.eval()
+    chunks = [model(chunk.to(device)) for chunk in features.split(1024)]
+    model.train()
+    upper = torch.triu_indices(features.shape[0], features.shape[0], offset=1)
+    scores: dict[str, float] = {}
+    for name in model.config.sizes:
+        vectors = torch.nn.functional.normalize(torch.cat([c[name] for c in chunks]).float().cpu(), dim=1)
+        cosine = vectors @ vectors.T
+        pair_scores = cosine[upper[0], upper[1]].numpy()
+        nearest = cosine.fill_diagonal_(-math.inf).argmax(dim=1)
+        for factor, values in factors.items():
+            same = (values[upper[0]] == values[upper[1]]).numpy()
+            scores[f"{name}/{factor}_eer"] = eer(pair_scores, same)
+            scores[f"{name}/{factor}_nn_accuracy"] = (values[nearest] == values).float().mean().item()
+    return scores
+
+
+def _fingerprint(features: torch.Tensor, columns: pd.DataFrame) -> str:
+    """sha256 of the feature values and the factor/split columns: a resume must see the same data."""
+    digest = hashlib.sha256()
+    digest.update(str(tuple(features.shape)).encode())
+    digest.update(features.detach().cpu().contiguous().float().numpy().tobytes())
+    digest.update(pd.util.hash_pandas_object(columns.astype(str), index=False).to_numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _newest_checkpoint(out_dir: Path) -> Path | None:
+    folder = out_dir / "checkpoints"
+    complete = sorted(p for p in folder.glob("step-*") if p.is_dir() and p.name[5:].isdigit()) if folder.is_dir() else []
+    return complete[-1] if complete else None
+
+
+def _save_checkpoint(
+    out_dir: Path,
+    model: SubspaceModel,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    state: dict[str, Any],
+    config: TrainConfig,
+    fingerprint: str,
+    metadata: dict[str, Any],
+) -> None:
+    """Write `checkpoints/step-NNNNNN/` complete under a temporary name, rename it, drop older ones.
+
+    A folder named `step-NNNNNN` is therefore always complete; a kill mid-write leaves
+    only a `.tmp-` folder, which the next save removes.
+    """
+    folder = out_dir / "checkpoints"
+    folder.mkdir(exist_ok=True)
+    final = folder / f"step-{state['step']:06d}"
+    tmp = folder / f".tmp-step-{state['step']:06d}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    model.save(tmp, metadata=metadata)
+    torch.save(
+        {
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "progress": dict(state),
+            "recipe": config.to_dict(),
+            "data": fingerprint,
+        },
+        tmp / STATE_FILE,
+    )
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    for older in folder.iterdir():
+        if older != final:
+            shutil.rmtree(older, ignore_errors=True)
+
+
+class _CsvLog:
+    """An append-only CSV log; on resume, rows after the checkpoint's step are dropped."""
+
+    def __init__(self, path: Path, header: list[str], resume_step: int):
+        self.path = path
+        kept: list[list[str]] = []
+        if resume_step and path.is_file():
+            with path.open(newline="") as handle:
+                rows = list(csv.reader(handle))
+            if rows and rows[0] == header:
+                kept = [row for row in rows[1:] if row and int(row[0]) <= resume_step]
+        write_text_atomic(path, _csv_text([header, *kept]))
+
+    def write(self, row: list[Any]) -> None:
+        with self.path.open("a", newline="") as handle:
+            csv.writer(handle).writerow(row)
+
+
+def _csv_text(rows: list[list[Any]]) -> str:
+    import io
+
+    buffer = io.StringIO()
+    csv.writer(buffer).writerows(rows)
+    return buffer.getvalue()
+
+
+def _tensorboard(out_dir: Path) -> Any:
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as error:
+        raise TrainError("tensorboard = true needs the tensorboard package: pip install tensorboard") from error
+    return SummaryWriter(str(out_dir / "tensorboard"))

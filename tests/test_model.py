@@ -1,0 +1,123 @@
+"""SubspaceModel: shapes, layer selection, normalisation, save/load without pickle."""
+
+from __future__ import annotations
+
+import json
+import pickle
+
+import pytest
+import torch
+
+from subspaces import __version__
+from subspaces.model import ModelError, SubspaceConfig, SubspaceModel
+
+
+def small(**overrides) -> SubspaceConfig:
+    return SubspaceConfig(**{"input_dim": 6, "num_layers": 3, "hidden": (10, 10),
+                             "subspaces": (("speaker", 4), ("content", 3))} | overrides)
+
+
+def test_default_trunk_is_the_papers_768_768_768_768():
+    model = SubspaceModel(SubspaceConfig(input_dim=768, num_layers=13))
+    linears = [m for m in model.trunk if isinstance(m, torch.nn.Linear)]
+    assert [(l.in_features, l.out_features) for l in linears] == [(768, 768)] * 4
+    out = model(torch.randn(2, 13, 768))
+    assert {k: v.shape for k, v in out.items()} == {"speaker": (2, 384), "content": (2, 384)}
+
+
+def test_outputs_are_the_named_slices_of_one_vector_with_residual():
+    torch.manual_seed(0)
+    model = SubspaceModel(small(residual=2, layer=0))
+    x = torch.randn(5, 3, 6)
+    out = model(x)
+    assert list(out) == ["speaker", "content", "residual"]
+    whole = model.trunk((x[:, 0] - model.input_mean[0]) / model.input_std[0])
+    assert torch.equal(torch.cat(list(out.values()), dim=1), whole)
+
+
+def test_single_layer_ignores_the_other_layers_and_mix_uses_all():
+    torch.manual_seed(0)
+    x = torch.randn(4, 3, 6)
+    changed = x.clone()
+    changed[:, [0, 2]] += 1.0
+    one = SubspaceModel(small(layer=1))
+    assert torch.equal(one(x)["speaker"], one(changed)["speaker"])
+    assert one.layer_weights.tolist() == [0.0, 1.0, 0.0]
+    assert torch.equal(SubspaceModel(small(layer=-1)).layer_weights, torch.tensor([0.0, 0.0, 1.0]))
+    mix = SubspaceModel(small())
+    assert torch.allclose(mix.layer_weights, torch.full((3,), 1 / 3))
+    assert not torch.allclose(mix(x)["speaker"], mix(changed)["speaker"])
+    # the mixing weights are learned: they receive a gradient
+    mix(x)["speaker"].sum().backward()
+    assert mix.layer_logits.grad is not None and mix.layer_logits.grad.abs().sum() > 0
+
+
+def test_fit_normalization_standardises_training_features():
+    torch.manual_seed(0)
+    features = torch.randn(200, 3, 6) * torch.arange(1.0, 7.0) + 5.0
+    model = SubspaceModel(small())
+    model.fit_normalization(features)
+    normalised = (features - model.input_mean) / model.input_std
+    assert torch.allclose(normalised.mean(dim=0), torch.zeros(3, 6), atol=1e-4)
+    assert torch.allclose(normalised.std(dim=0), torch.ones(3, 6), atol=1e-4)
+    constant = torch.ones(10, 3, 6)
+    model.fit_normalization(constant)  # zero variance does not divide by zero
+    assert torch.isfinite(model(constant)["speaker"]).all()
+
+
+def test_save_load_round_trip_is_exact_and_self_describing(tmp_path, monkeypatch):
+    torch.manual_seed(0)
+    model = SubspaceModel(small(residual=2, pooling="mean+std"), metadata={"backbone": "whisper-base"})
+    model.fit_normalization(torch.randn(50, 3, 6) * 3 + 1)
+    model.eval()
+    folder = model.save(tmp_path / "m", metadata={"revision": "abc123"})
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors"]
+    description = json.loads((folder / "config.json").read_text())
+    assert description["architecture"] == "SubspaceModel"
+    assert description["package_version"] == __version__
+    assert description["subspaces"] == {"speaker": 4, "content": 3, "residual": 2}
+    assert description["layer"] == "mix" and description["pooling"] == "mean+std"
+    assert description["metadata"] == {"backbone": "whisper-base", "revision": "abc123"}
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("loading a model must not unpickle")
+
+    monkeypatch.setattr(torch, "load", refuse)
+    monkeypatch.setattr(pickle, "load", refuse)
+    monkeypatch.setattr(pickle, "loads", refuse)
+    loaded = SubspaceModel.load(folder)
+    assert loaded.config == model.config and loaded.metadata == model.metadata
+    x = torch.randn(7, 3, 6)
+    for name, value in model(x).items():
+        assert torch.equal(loaded(x)[name], value)
+
+
+def test_load_errors_name_the_missing_or_mismatched_file(tmp_path):
+    with pytest.raises(ModelError, match="config.json is missing"):
+        SubspaceModel.load(tmp_path)
+    folder = SubspaceModel(small()).save(tmp_path / "m")
+    description = json.loads((folder / "config.json").read_text())
+    description["config"]["hidden"] = [12, 10]
+    (folder / "config.json").write_text(json.dumps(description))
+    with pytest.raises(ModelError, match="model.safetensors: weights do not match config.json(.|\n)*size mismatch"):
+        SubspaceModel.load(folder)
+    description["architecture"] = "Other"
+    (folder / "config.json").write_text(json.dumps(description))
+    with pytest.raises(ModelError, match="expected 'SubspaceModel'"):
+        SubspaceModel.load(folder)
+
+
+def test_config_and_input_errors_list_the_valid_choices():
+    with pytest.raises(ModelError, match="layer 3 is out of range for features with 3 layer"):
+        small(layer=3)
+    with pytest.raises(ModelError, match="or 'mix'"):
+        small(layer="last")
+    with pytest.raises(ModelError, match="pooling must be one of mean, mean\\+std"):
+        small(pooling="max")
+    with pytest.raises(ModelError, match="unique and not 'residual'"):
+        small(subspaces=(("speaker", 2), ("speaker", 2)))
+    with pytest.raises(ModelError, match="unknown SubspaceConfig key"):
+        SubspaceConfig.from_dict({"input_dim": 4, "width": 3})
+    model = SubspaceModel(small())
+    with pytest.raises(ModelError, match=r"shape \[batch, 3 layers, 6\], got \[4, 6\]"):
+        model(torch.randn(4, 6))

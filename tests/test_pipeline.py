@@ -1,0 +1,64 @@
+"""End to end through the command line, on real small weights (whisper-tiny.en) and real
+engines: synth -> extract -> train -> evaluate on the bundled FSDD, then a rerun that
+reuses every finished stage."""
+
+import json
+import shutil
+
+import pytest
+
+from subspaces.cli import main
+
+pytestmark = pytest.mark.slow
+
+RECIPE = """
+steps = 20
+val_every = 10
+checkpoint_every = 10
+hidden = [64]
+layer = "mix"
+[subspaces]
+speaker = 16
+content = 16
+[block]
+speaker = 4
+content = 6
+"""
+
+
+@pytest.mark.skipif(not (shutil.which("espeak-ng") and shutil.which("flite")), reason="needs espeak-ng and flite")
+def test_cli_pipeline_end_to_end(tmp_path, capsys):
+    grid, feats, model, report = (tmp_path / name for name in ("grid", "features", "model", "report"))
+    assert main(["synth", str(grid), "--espeak", "3", "--flite", "3", "--texts", "keywords", "--num-texts", "8",
+                 "--val-voices", "2", "--val-texts", "2", "--no-mixed"]) == 0
+    assert main(["extract", str(grid / "manifest.csv"), "--out", str(feats), "--backbone", "whisper-tiny.en",
+                 "--pooling", "mean"]) == 0
+    (tmp_path / "recipe.toml").write_text(RECIPE)
+    assert main(["train", "--features", str(feats), "--manifest", str(grid / "manifest.csv"), "--out", str(model),
+                 "--recipe", str(tmp_path / "recipe.toml")]) == 0
+    config = json.loads((model / "config.json").read_text())
+    assert json.dumps(config).count("whisper-tiny.en") >= 1  # the model names its backbone
+    assert main(["evaluate", "--model", str(model), "--out", str(report), "--limit-per-speaker-digit", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "| ours: speaker subspace |" in out and "| raw layer 4 |" in out
+    metrics = json.loads((report / "metrics.json").read_text())
+    assert metrics["utterances"] == 120 and metrics["speakers"] == 6
+    assert set(metrics["systems"]) >= {"ours: speaker subspace", "ours: content subspace", "raw layer 0"}
+    for plot in ("det.png", "scores.png", "tsne.png", "layer_weights.png"):
+        assert (report / plot).stat().st_size > 1000
+
+    # A rerun reuses finished stages: same weights, same numbers.
+    weights = (model / "model.safetensors").read_bytes()
+    assert main(["train", "--features", str(feats), "--manifest", str(grid / "manifest.csv"), "--out", str(model),
+                 "--recipe", str(tmp_path / "recipe.toml")]) == 0
+    assert (model / "model.safetensors").read_bytes() == weights
+    assert main(["evaluate", "--model", str(model), "--out", str(report), "--limit-per-speaker-digit", "2"]) == 0
+    assert json.loads((report / "metrics.json").read_text())["systems"] == metrics["systems"]
+
+
+def test_bad_arguments_exit_with_a_reason(tmp_path, capsys):
+    assert main(["extract", str(tmp_path / "missing.csv"), "--out", str(tmp_path / "f")]) == 1
+    assert "missing.csv" in capsys.readouterr().err
+    assert main(["synth", str(tmp_path / "g")]) == 1
+    assert "no voices" in capsys.readouterr().err
+    assert main(["extract", str(tmp_path / "missing.csv"), "--out", str(tmp_path / "f"), "--shard", "x"]) == 1

@@ -1,0 +1,185 @@
+"""Training on random features with a planted speaker/content structure."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from subspaces.model import SubspaceModel
+from subspaces.train import TrainConfig, TrainError, load_recipe, train, write_recipe
+
+
+def planted_grid(speakers: int, texts: int, dim: int, layers: int = 1, seed: int = 0, val_speakers: int = 0, channels: int = 1):
+    """Features x = A s + B c (+ channel offset) + noise, every dimension mixing both factors.
+
+    The last `val_speakers` speakers are held out (split "val").
+    """
+    rng = np.random.default_rng(seed)
+    rank = 8
+    speaker_code = rng.normal(size=(speakers, rank))
+    text_code = rng.normal(size=(texts, rank))
+    channel_offset = rng.normal(size=(channels, dim))
+    mix_speaker = rng.normal(size=(layers, rank, dim)) / np.sqrt(rank)
+    mix_text = rng.normal(size=(layers, rank, dim)) / np.sqrt(rank)
+    rows, vectors = [], []
+    for s in range(speakers):
+        for t in range(texts):
+            for ch in range(channels):
+                x = speaker_code[s] @ mix_speaker + text_code[t] @ mix_text + channel_offset[ch] + 0.3 * rng.normal(size=(layers, dim))
+                vectors.append(x)
+                rows.append((f"spk{s:02d}", f"text{t:03d}", f"ch{ch}", "val" if s >= speakers - val_speakers else "train"))
+    table = pd.DataFrame(rows, columns=["speaker", "content", "channel", "split"])
+    return torch.tensor(np.stack(vectors), dtype=torch.float32), table
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny matrices: one thread is 10x faster than several fighting over a shared CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+SMALL = dict(hidden=(64,), subspaces={"speaker": 16, "content": 16}, block={"speaker": 4, "content": 8}, max_lr=3e-3)
+
+
+def test_training_separates_the_factors_on_held_out_speakers(tmp_path):
+    features, table = planted_grid(speakers=20, texts=24, dim=32, val_speakers=6)
+    config = TrainConfig(**SMALL, steps=150, val_every=50, checkpoint_every=0, select="last")
+    folder = train(features, table, config, tmp_path / "run", metadata={"backbone": "planted"})
+    val = pd.read_csv(folder / "val_log.csv")
+    assert val["step"].tolist() == [50, 100, 150]
+    last = val.iloc[-1]
+    # speaker subspace: speakers verify well, texts do not; content subspace: the reverse
+    assert last["speaker/speaker_eer"] < 0.1 < 0.3 < last["content/speaker_eer"]
+    assert last["content/content_eer"] < 0.1 < 0.3 < last["speaker/content_eer"]
+    assert last["content/content_nn_accuracy"] > 0.7 > 0.3 > last["speaker/content_nn_accuracy"]
+    assert last["speaker/speaker_nn_accuracy"] > 0.9
+    log = pd.read_csv(folder / "train_log.csv")
+    assert len(log) == 150 and log["loss"].iloc[-10:].mean() < log["loss"].iloc[:10].mean()
+    assert {"contrastive/speaker", "contrastive/content", "orthogonality/speaker-content"} <= set(log.columns)
+    # the saved model is self-describing and reproduces the training outputs
+    model = SubspaceModel.load(folder)
+    assert model.metadata["backbone"] == "planted" and model.metadata["training"]["step"] == 150
+    assert load_recipe(folder / "recipe.toml") == config
+
+
+def test_recipe_round_trip_and_errors(tmp_path):
+    config = TrainConfig(steps=20, layer=3, hidden=(32, 32), nuisance="channel",
+                         block={"speaker": 4, "content": 4, "channel": 2}, residual=8, tensorboard=True)
+    write_recipe(config, tmp_path / "recipe.toml")
+    assert load_recipe(tmp_path / "recipe.toml") == config
+    bad = tmp_path / "bad.toml"
+    bad.write_text("steps = 10\nlearning_rate = 0.1\n")
+    with pytest.raises(TrainError, match=r"bad.toml: unknown key\(s\) \['learning_rate'\]; valid keys are .*max_lr"):
+        load_recipe(bad)
+    bad.write_text('steps = "many"\n')
+    with pytest.raises(TrainError, match="steps = 'many' is not an integer"):
+        load_recipe(bad)
+    bad.write_text("steps = 0\ntemperature = -1.0\n")
+    with pytest.raises(TrainError, match="steps must be positive.*temperature must be positive"):
+        load_recipe(bad)
+    bad.write_text('[block]\nspeaker = 4\n')
+    with pytest.raises(TrainError, match=r"block must give a size for exactly the factors \['content', 'speaker'\]"):
+        load_recipe(bad)
+    bad.write_text("steps = [")
+    with pytest.raises(TrainError, match="not valid TOML"):
+        load_recipe(bad)
+
+
+def test_input_errors_name_the_problem(tmp_path):
+    features, table = planted_grid(speakers=4, texts=4, dim=8)
+    config = TrainConfig(**SMALL | {"block": {"speaker": 2, "content": 2}}, steps=2)
+    with pytest.raises(TrainError, match="table has 15 rows but features have 16"):
+        train(features, table.iloc[:15], config, tmp_path / "a")
+    with pytest.raises(TrainError, match=r"lacks column\(s\) \['split'\]"):
+        train(features, table.drop(columns="split"), config, tmp_path / "b")
+    with pytest.raises(TrainError, match="patience = 2 needs validation rows"):
+        train(features, table, TrainConfig(**SMALL | {"block": {"speaker": 2, "content": 2}}, steps=2, patience=2), tmp_path / "c")
+
+
+def test_early_stopping_and_finished_run_and_recipe_change(tmp_path):
+    features, table = planted_grid(speakers=8, texts=8, dim=8, val_speakers=3)
+    # a learning rate so small that no weight changes: validation scores repeat exactly
+    config = TrainConfig(**SMALL | {"max_lr": 1e-30, "block": {"speaker": 2, "content": 4}}, weight_decay=0.0,
+                         steps=100, val_every=5, patience=2, checkpoint_every=0)
+    folder = train(features, table, config, tmp_path / "run")
+    assert pd.read_csv(folder / "val_log.csv")["step"].tolist() == [5, 10, 15]  # best at 5, then 2 without gain
+    assert len(pd.read_csv(folder / "train_log.csv")) == 15
+    assert [p.name for p in (folder / "checkpoints").iterdir()] == ["step-000015"]
+    assert SubspaceModel.load(folder).metadata["training"]["step"] == 5  # the best one
+    before = (folder / "train_log.csv").read_text()
+    train(features, table, config, folder)  # finished: returns without training more
+    assert (folder / "train_log.csv").read_text() == before
+    with pytest.raises(TrainError, match="different recipe or different data"):
+        train(features, table, TrainConfig(**SMALL | {"block": {"speaker": 2, "content": 4}}, steps=100), folder)
+
+
+def test_nuisance_and_residual_and_layer_mix(tmp_path):
+    features, table = planted_grid(speakers=6, texts=6, dim=8, layers=3, channels=2, val_speakers=2)
+    config = TrainConfig(**SMALL | {"block": {"speaker": 2, "content": 2, "channel": 2}}, nuisance="channel",
+                         residual=4, steps=6, val_every=3, checkpoint_every=3)
+    folder = train(features, table, config, tmp_path / "run")
+    log = pd.read_csv(folder / "train_log.csv")
+    assert "contrastive/residual" in log.columns and log.notna().all().all()
+    model = SubspaceModel.load(folder)
+    assert model.config.layer == "mix" and model.config.sizes == {"speaker": 16, "content": 16, "residual": 4}
+    assert "speaker/speaker_eer" in pd.read_csv(folder / "val_log.csv").columns
+
+
+RUNNER = r"""
+import sys, time, torch
+torch.set_num_threads(1)
+sys.path.insert(0, {tests!r})
+from test_train import planted_grid, SMALL
+import subspaces.sampler
+from subspaces.train import TrainConfig, train
+if sys.argv[2] == "slow":  # make the run long enough to be killed in the middle
+    batch = subspaces.sampler.GridSampler.batch
+    subspaces.sampler.GridSampler.batch = lambda self, step: (time.sleep(0.1), batch(self, step))[1]
+features, table = planted_grid(speakers=8, texts=12, dim=16, val_speakers=2)
+config = TrainConfig(**SMALL, steps=60, val_every=20, checkpoint_every=10, dropout=0.1)
+train(features, table, config, sys.argv[1])
+"""
+
+
+def run_training(script: Path, out_dir: Path, mode: str) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1] / "src"))
+    return subprocess.Popen([sys.executable, str(script), str(out_dir), mode], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def test_resume_after_kill_9_ends_at_the_same_weights(tmp_path):
+    script = tmp_path / "run.py"
+    script.write_text(RUNNER.replace("{tests!r}", repr(str(Path(__file__).parent))))
+    uninterrupted, killed = tmp_path / "a", tmp_path / "b"
+    process = run_training(script, killed, "slow")
+    reference = run_training(script, uninterrupted, "fast")
+    deadline = time.time() + 60
+    while not list((killed / "checkpoints").glob("step-0000[2-4]0")) and time.time() < deadline:
+        assert process.poll() is None, process.stderr.read().decode()
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert reference.wait() == 0, reference.stderr.read().decode()
+    checkpoints = [p.name for p in (killed / "checkpoints").iterdir() if p.name.startswith("step-")]
+    assert checkpoints and checkpoints[0] < "step-000060"  # killed in the middle of training
+    assert run_training(script, killed, "fast").wait() == 0
+    for relative in ("model.safetensors", "checkpoints/step-000060/model.safetensors"):
+        expected, got = load_file(uninterrupted / relative), load_file(killed / relative)
+        assert expected.keys() == got.keys()
+        for name in expected:
+            assert torch.equal(expected[name], got[name]), f"{relative}: {name} differs after resume"
+    assert (killed / "train_log.csv").read_text() == (uninterrupted / "train_log.csv").read_text()
+    assert (killed / "val_log.csv").read_text() == (uninterrupted / "val_log.csv").read_text()
