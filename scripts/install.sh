@@ -7,8 +7,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-extras=""
-[ "${1:-}" = "--test" ] && extras="[test]"
+extras="[baselines,export]"
+[ "${1:-}" = "--test" ] && extras="[baselines,export,test]"
 
 # Text-to-speech engines for the synthetic grid.
 missing=()
@@ -36,4 +36,6 @@ fi
 # torch first and pinned: an unpinned torch would pull a multi-GB CUDA build.
 .venv/bin/python -m pip install -q --disable-pip-version-check torch==2.13.0
 .venv/bin/python -m pip install -q --disable-pip-version-check -e ".${extras}"
+# The Resemblyzer speaker baseline, without its stale requirements (see pyproject.toml).
+.venv/bin/python -m pip install -q --disable-pip-version-check --no-deps resemblyzer==0.1.4
 echo "speech-subspaces installed in .venv ($(.venv/bin/subspaces --version))"

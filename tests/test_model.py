@@ -110,7 +110,7 @@ def test_load_errors_name_the_missing_or_mismatched_file(tmp_path):
 def test_config_and_input_errors_list_the_valid_choices():
     with pytest.raises(ModelError, match="layer 3 is out of range for features with 3 layer"):
         small(layer=3)
-    with pytest.raises(ModelError, match="or 'mix'"):
+    with pytest.raises(ModelError, match="'mix' or 'mix-per-subspace'"):
         small(layer="last")
     with pytest.raises(ModelError, match="pooling must be one of mean, mean\\+std"):
         small(pooling="max")
@@ -121,3 +121,23 @@ def test_config_and_input_errors_list_the_valid_choices():
     model = SubspaceModel(small())
     with pytest.raises(ModelError, match=r"shape \[batch, 3 layers, 6\], got \[4, 6\]"):
         model(torch.randn(4, 6))
+
+
+def test_mix_per_subspace_has_its_own_layer_weights_and_trunk(tmp_path):
+    config = SubspaceConfig(input_dim=6, num_layers=4, layer="mix-per-subspace", hidden=(8,),
+                            subspaces=(("speaker", 3), ("content", 5)), residual=2)
+    model = SubspaceModel(config)
+    assert model.layer_weights.shape == (3, 4)  # speaker, content, residual
+    assert torch.allclose(model.layer_weights.sum(dim=1), torch.ones(3))
+    with torch.no_grad():  # make the speaker subspace read only layer 0
+        model.layer_logits[0] = torch.tensor([50.0, -50.0, -50.0, -50.0])
+    features = torch.randn(7, 4, 6)
+    changed = features.clone()
+    changed[:, 1:] += 10.0  # layers the speaker subspace ignores
+    before, after = model(features), model(changed)
+    torch.testing.assert_close(before["speaker"], after["speaker"])
+    assert not torch.allclose(before["content"], after["content"])
+    assert {name: v.shape[1] for name, v in before.items()} == {"speaker": 3, "content": 5, "residual": 2}
+    loaded = SubspaceModel.load(model.save(tmp_path / "m"))
+    for name, value in loaded(features).items():
+        torch.testing.assert_close(value, before[name])

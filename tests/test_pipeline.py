@@ -2,11 +2,14 @@
 engines: synth -> extract -> train -> evaluate on the bundled FSDD, then a rerun that
 reuses every finished stage."""
 
+import importlib.util
 import json
 import shutil
 
+import numpy as np
 import pytest
 
+from conftest import FSDD
 from subspaces.cli import main
 
 pytestmark = pytest.mark.slow
@@ -54,6 +57,25 @@ def test_cli_pipeline_end_to_end(tmp_path, capsys):
     assert (model / "model.safetensors").read_bytes() == weights
     assert main(["evaluate", "--model", str(model), "--out", str(report), "--limit-per-speaker-digit", "2"]) == 0
     assert json.loads((report / "metrics.json").read_text())["systems"] == metrics["systems"]
+
+
+    # Using the model: calibrate a threshold, verify, embed, export (checked by onnxruntime).
+    george, jackson = FSDD / "0_george_14.wav", FSDD / "0_jackson_10.wav"
+    assert main(["verify", str(model), str(george), str(jackson)]) == 1  # no threshold yet
+    assert "subspaces calibrate" in capsys.readouterr().err
+    assert main(["calibrate", str(model), "--split", "test"]) == 0
+    assert "speaker threshold" in capsys.readouterr().out
+    assert main(["verify", str(model), str(george), str(FSDD / "5_george_20.wav")]) == 0
+    assert "score" in capsys.readouterr().out
+    bad = tmp_path / "bad.wav"
+    bad.write_text("not audio")
+    assert main(["embed", str(model), str(george), str(jackson), str(bad), "--out", str(tmp_path / "v.npz")]) == 2
+    vectors = np.load(tmp_path / "v.npz")
+    assert vectors["speaker"].shape == (2, 16) and vectors["content"].shape == (2, 16)
+    if importlib.util.find_spec("onnxruntime"):
+        assert main(["export", str(model), "--out", str(tmp_path / "m.onnx")]) == 0
+        line = [l for l in capsys.readouterr().out.splitlines() if "max abs difference" in l][0]
+        assert all(float(x.split()[-1]) <= 1e-4 for x in line.split(": ", 1)[1].split(", "))
 
 
 def test_bad_arguments_exit_with_a_reason(tmp_path, capsys):

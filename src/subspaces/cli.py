@@ -7,6 +7,7 @@ arguments, prints results, and turns library errors into exit codes.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -195,7 +196,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     backbone = info.get("backbone", {})
     out = train(features, table, config, args.out,
                 metadata={"backbone": backbone.get("name"), "backbone_revision": backbone.get("revision")})
-    print(f"model written to {out}")
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, only rank 0 reports
+        print(f"model written to {out}")
     return 0
 
 
@@ -226,6 +228,89 @@ def cmd_demo(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     run_demo(args.out)
     print(f"[demo] finished in {time.perf_counter() - started:.0f} s")
+    return 0
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    """Embed audio files with a trained model: one vector per file and subspace."""
+    from .audio import AudioError, load_audio
+    from .inference import load_model
+
+    encoder = load_model(args.model, allow_download=args.allow_download)
+    files, readable, failed = _audio_files(args.inputs), [], []
+    for path in files:
+        try:
+            load_audio(path, encoder.backbone.sample_rate, min_samples=encoder.backbone.min_samples)
+            readable.append(path)
+        except AudioError as error:
+            failed.append(str(error))
+    for message in failed:
+        print(f"skipped: {message}", file=sys.stderr)
+    if not readable:
+        print("error: no file could be read", file=sys.stderr)
+        return 1
+    vectors = encoder.embed(readable, batch_size=args.batch_size)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix == ".parquet":
+        import pandas as pd
+
+        table = pd.DataFrame({"path": [str(p) for p in readable]})
+        for name, matrix in vectors.items():
+            table[name] = list(matrix)
+        table.to_parquet(out, index=False)
+    else:
+        np.savez(out, files=np.array([str(p) for p in readable]), **vectors)
+    shapes = ", ".join(f"{name} {matrix.shape[1]}" for name, matrix in vectors.items())
+    print(f"embedded {len(readable)} file(s) ({shapes}) into {out}")
+    return 0 if not failed else 2
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    """Score two recordings in a subspace and decide same / different speaker."""
+    from .inference import load_model, read_thresholds
+
+    encoder = load_model(args.model, allow_download=args.allow_download)
+    score, same = encoder.verify(args.a, args.b, subspace=args.subspace)
+    record = read_thresholds(args.model)[args.subspace]
+    print(f"score {score:.4f}  threshold {record['threshold']:.4f} ({record['operating_point']} on "
+          f"{record['data'] or 'unnamed data'})  -> {'same speaker' if same else 'different speakers'}")
+    return 0
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    """Choose and store a verification threshold from a labelled corpus."""
+    from .corpora import load_corpus
+    from .pipeline import calibrate_model
+
+    options = {}
+    if args.corpus.split(":")[0] == "fsdd" and args.limit_per_speaker_digit:
+        options["limit_per_speaker_digit"] = args.limit_per_speaker_digit
+    table = load_corpus(args.corpus, **options)
+    if args.split:
+        table = table[table["split"] == args.split].reset_index(drop=True)
+        if table.empty:
+            raise ValueError(f"{args.corpus}: no rows with split {args.split!r}")
+    record = calibrate_model(args.model, table, subspace=args.subspace, operating_point=args.operating_point,
+                             data=f"{args.corpus}" + (f", split {args.split}" if args.split else ""))
+    print(f"{args.subspace} threshold {record['threshold']:.4f} at {record['operating_point']} "
+          f"(p_miss {record['p_miss']:.3f}, p_fa {record['p_fa']:.3f}) stored in {args.model}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Export a model to ONNX (waveform in, one output per subspace) and check it."""
+    from .corpora import fsdd_root
+    from .export import check_onnx, export_onnx
+
+    out = export_onnx(args.model, args.out, head_only=args.head_only, opset=args.opset)
+    print(f"wrote {out} ({out.stat().st_size / 2**20:.0f} MiB)")
+    if args.no_check:
+        return 0
+    clips = args.check_clips or sorted((fsdd_root() / "recordings").glob("*.wav"))[::300]
+    differences = check_onnx(args.model, out, clips, head_only=args.head_only)
+    print(f"onnxruntime vs PyTorch on {len(clips)} clips of different lengths in one batch, max abs difference: "
+          + ", ".join(f"{name} {value:.2e}" for name, value in differences.items()))
     return 0
 
 
@@ -324,6 +409,43 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--limit-per-speaker-digit", type=int, default=10, help="FSDD subset size (0 = all)")
     evaluate.add_argument("--max-trials", type=int, help="a seeded sample of trials instead of all pairs")
     evaluate.set_defaults(func=cmd_evaluate)
+
+    embed = verbs.add_parser("embed", help="embed audio with a trained model", description=cmd_embed.__doc__)
+    embed.add_argument("model", help="model folder (config.json + model.safetensors)")
+    embed.add_argument("inputs", nargs="+", help="audio files or folders")
+    embed.add_argument("--out", required=True, help="vectors.npz or vectors.parquet")
+    embed.add_argument("--batch-size", type=int, default=16)
+    embed.add_argument("--allow-download", action="store_true")
+    embed.set_defaults(func=cmd_embed)
+
+    verify = verbs.add_parser("verify", help="same speaker or not, for two recordings", description=cmd_verify.__doc__)
+    verify.add_argument("model")
+    verify.add_argument("a")
+    verify.add_argument("b")
+    verify.add_argument("--subspace", default="speaker")
+    verify.add_argument("--allow-download", action="store_true")
+    verify.set_defaults(func=cmd_verify)
+
+    calibrate = verbs.add_parser("calibrate", help="store a verification threshold chosen on a labelled corpus",
+                                 description=cmd_calibrate.__doc__)
+    calibrate.add_argument("model")
+    calibrate.add_argument("--corpus", default="fsdd", help="KIND:PATH (default: the bundled FSDD)")
+    calibrate.add_argument("--split", help="use only this split of the corpus (e.g. test)")
+    calibrate.add_argument("--limit-per-speaker-digit", type=int, default=0)
+    calibrate.add_argument("--subspace", default="speaker")
+    calibrate.add_argument("--operating-point", default="eer", choices=["eer", "min_dcf"])
+    calibrate.set_defaults(func=cmd_calibrate)
+
+    export = verbs.add_parser("export", help="export to ONNX (checked with onnxruntime when installed)",
+                              description=cmd_export.__doc__)
+    export.add_argument("model")
+    export.add_argument("--out", required=True, help="model.onnx")
+    export.add_argument("--format", default="onnx", choices=["onnx"])
+    export.add_argument("--head-only", action="store_true", help="pooled features in, instead of waveform in")
+    export.add_argument("--opset", type=int, default=17)
+    export.add_argument("--check-clips", nargs="+", help="audio files to check the export on (default: 10 FSDD clips)")
+    export.add_argument("--no-check", action="store_true", help="skip the onnxruntime comparison")
+    export.set_defaults(func=cmd_export)
     return parser
 
 

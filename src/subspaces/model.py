@@ -7,7 +7,8 @@ layers, D the pooled width; D is twice the backbone width for "mean+std" pooling
    deviation, per layer and per dimension (buffers fitted by `fit_normalization`, saved
    with the weights);
 2. layer selection: one layer, or "mix", a softmax-weighted sum of all layers with one
-   learned weight per layer (as s3prl's featurizer does);
+   learned weight per layer (as s3prl's featurizer does), or "mix-per-subspace": each
+   subspace its own layer mix and its own MLP trunk;
 3. an MLP trunk: `input -> hidden[0] -> ... -> hidden[-1] -> output`, GELU between linear
    layers. The paper's "MLP 768-768-768-768" is read as three hidden layers of 768 and an
    output of 768 (= 384 speaker + 384 content): four linear layers in all;
@@ -49,6 +50,9 @@ __all__ = ["ARCHITECTURE", "ModelError", "SubspaceConfig", "SubspaceModel", "RES
 ARCHITECTURE = "SubspaceModel"
 RESIDUAL = "residual"
 LAYER_MIX = "mix"
+# One softmax layer mix and one MLP trunk per subspace: Whisper keeps the speaker in its
+# first layers and the words in its middle ones, so one shared mix must compromise.
+LAYER_MIX_EACH = "mix-per-subspace"
 POOLINGS = ("mean", "mean+std")
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -96,8 +100,9 @@ class SubspaceConfig:
         if self.num_layers < 1:
             raise ModelError(f"num_layers must be a positive integer, got {self.num_layers}")
         if isinstance(self.layer, str):
-            if self.layer != LAYER_MIX:
-                raise ModelError(f"layer must be an integer index or {LAYER_MIX!r}, got {self.layer!r}")
+            if self.layer not in (LAYER_MIX, LAYER_MIX_EACH):
+                raise ModelError(
+                    f"layer must be an integer index, {LAYER_MIX!r} or {LAYER_MIX_EACH!r}, got {self.layer!r}")
         elif not -self.num_layers <= self.layer < self.num_layers:
             raise ModelError(
                 f"layer {self.layer} is out of range for features with {self.num_layers} layer(s); "
@@ -163,23 +168,31 @@ class SubspaceModel(nn.Module):
         self.metadata: dict[str, Any] = dict(metadata or {})
         self.register_buffer("input_mean", torch.zeros(config.num_layers, config.input_dim))
         self.register_buffer("input_std", torch.ones(config.num_layers, config.input_dim))
+        # Zero logits = equal weights at the start, as in s3prl's featurizer.
         if config.layer == LAYER_MIX:
-            # Zero logits = equal weights at the start, as in s3prl's featurizer.
             self.layer_logits = nn.Parameter(torch.zeros(config.num_layers))
-        widths = [config.input_dim, *config.hidden]
+        if config.layer == LAYER_MIX_EACH:
+            self.layer_logits = nn.Parameter(torch.zeros(len(config.sizes), config.num_layers))
+            self.trunks = nn.ModuleList(self._mlp(size) for size in config.sizes.values())
+        else:
+            self.trunk = self._mlp(config.output_dim)
+
+    def _mlp(self, output_dim: int) -> nn.Sequential:
+        widths = [self.config.input_dim, *self.config.hidden]
         blocks: list[nn.Module] = []
         for width_in, width_out in zip(widths[:-1], widths[1:]):
             blocks += [nn.Linear(width_in, width_out), nn.GELU()]
-            if config.dropout:
-                blocks.append(nn.Dropout(config.dropout))
-        blocks.append(nn.Linear(widths[-1], config.output_dim))
-        self.trunk = nn.Sequential(*blocks)
+            if self.config.dropout:
+                blocks.append(nn.Dropout(self.config.dropout))
+        blocks.append(nn.Linear(widths[-1], output_dim))
+        return nn.Sequential(*blocks)
 
     @property
     def layer_weights(self) -> torch.Tensor:
-        """`float[L]`: how much each backbone layer contributes (one-hot for a single layer)."""
-        if self.config.layer == LAYER_MIX:
-            return torch.softmax(self.layer_logits, dim=0)
+        """`float[L]`: how much each backbone layer contributes (one-hot for a single layer);
+        `float[S, L]`, one row per subspace in output order, for "mix-per-subspace"."""
+        if self.config.layer in (LAYER_MIX, LAYER_MIX_EACH):
+            return torch.softmax(self.layer_logits, dim=-1)
         weights = torch.zeros(self.config.num_layers, device=self.input_mean.device)
         weights[self.config.layer] = 1.0
         return weights
@@ -198,6 +211,10 @@ class SubspaceModel(nn.Module):
         """features `float[B, L, D]` -> `{name: float[B, size]}` (unnormalised vectors)."""
         self._check_features(features)
         x = (features.to(self.input_mean.dtype) - self.input_mean) / self.input_std
+        if self.config.layer == LAYER_MIX_EACH:
+            weights = torch.softmax(self.layer_logits, dim=1)
+            return {name: trunk(torch.einsum("l,bld->bd", weights[k], x))
+                    for k, (name, trunk) in enumerate(zip(self.config.sizes, self.trunks))}
         if self.config.layer == LAYER_MIX:
             x = torch.einsum("l,bld->bd", torch.softmax(self.layer_logits, dim=0), x)
         else:

@@ -40,7 +40,7 @@ from .synth import sample_voices
 from .texts import load_texts
 from .train import TrainConfig, train
 
-__all__ = ["DemoRecipe", "embed_features", "evaluate_model", "run_demo"]
+__all__ = ["DemoRecipe", "calibrate_model", "embed_features", "evaluate_model", "run_demo"]
 
 
 @dataclass(frozen=True)
@@ -50,6 +50,7 @@ class DemoRecipe:
     Voices come from both offline engines (flite's are built from recordings of real
     speakers; espeak-ng's are formant synthesis); texts are single English words (never
     digits: the real test set is spoken digits); held-out voices and words validate.
+    Results and the lever study behind these choices: README.md, benchmarks/levers.py.
     """
 
     espeak_voices: int = 16
@@ -63,8 +64,12 @@ class DemoRecipe:
     precision: str = "float32"
     fsdd_per_speaker_digit: int = 10
     seed: int = 0
+    # The paper's model and loss, except that each subspace learns its own mix of the
+    # backbone's layers, at a layer-mix learning rate high enough to move in 480 steps:
+    # on FSDD this beat the paper's shared mix on all four measures (benchmarks/levers.py).
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
-        block={"speaker": 16, "content": 16}, val_every=120, checkpoint_every=120))
+        block={"speaker": 16, "content": 16}, layer="mix-per-subspace", layer_lr_scale=1000.0,
+        val_every=120, checkpoint_every=120))
 
 
 def embed_features(model: SubspaceModel, features: torch.Tensor, batch: int = 1024) -> dict[str, np.ndarray]:
@@ -81,6 +86,16 @@ def embed_features(model: SubspaceModel, features: torch.Tensor, batch: int = 10
 def _stage(message: str) -> float:
     print(f"[demo] {message}", flush=True)
     return time.perf_counter()
+
+
+def _layer_weights(model: SubspaceModel) -> dict[str, np.ndarray] | None:
+    """The learned layer weights to plot: {label: float[L]}, or None for a fixed layer."""
+    if not isinstance(model.config.layer, str):
+        return None
+    weights = model.layer_weights.detach().numpy()
+    if weights.ndim == 1:
+        return {"shared mix": weights}
+    return dict(zip(model.config.sizes, weights))
 
 
 def run_demo(out_dir: str | Path, recipe: DemoRecipe = DemoRecipe()) -> dict:
@@ -131,12 +146,15 @@ def run_demo(out_dir: str | Path, recipe: DemoRecipe = DemoRecipe()) -> dict:
 def evaluate_model(
     model_dir: str | Path, corpus: pd.DataFrame, features_dir: str | Path, report_dir: str | Path, *,
     backbone: Backbone | None = None, max_trials: int | None = None, seed: int = 0, title: str = "Evaluation",
+    baseline: bool = True,
 ) -> dict:
-    """Evaluate a trained model on a corpus manifest, beside every raw backbone layer.
+    """Evaluate a trained model on a corpus manifest, beside every raw backbone layer and
+    (when `baseline` and the package is installed) Resemblyzer's GE2E d-vector.
 
     Extracts the corpus' features with the model's backbone into `features_dir`
-    (resumable; reused when finished), embeds them, scores every system on the same
-    trials and probe folds, and writes the report into `report_dir`. Returns the results.
+    (resumable; reused when finished; the d-vectors are cached there too), embeds them,
+    scores every system on the same trials and probe folds, and writes the report into
+    `report_dir`. Returns the results.
     """
     model = SubspaceModel.load(model_dir)
     if backbone is None:
@@ -156,15 +174,48 @@ def evaluate_model(
     raw = features[..., : backbone.width] if model.config.pooling == "mean+std" else features
     for layer in range(raw.shape[1]):
         systems[f"raw layer {layer}"] = raw[:, layer].numpy()
-    results = evaluate_systems(systems, corpus, max_trials=max_trials, seed=seed)
     notes = ""
+    if baseline:
+        from .baselines import RESEMBLYZER_INSTALL, resemblyzer_available, resemblyzer_embeddings_cached
+
+        if resemblyzer_available():
+            print("[evaluate] Resemblyzer (GE2E d-vector) baseline", flush=True)
+            systems["Resemblyzer d-vector"] = resemblyzer_embeddings_cached(corpus, features_dir)
+        else:
+            notes = f"Resemblyzer baseline skipped: not installed (`{RESEMBLYZER_INSTALL}`). "
+    results = evaluate_systems(systems, corpus, max_trials=max_trials, seed=seed)
     if {"speaker", "content"} <= set(ours):
         results["cka_speaker_content"] = linear_cka(ours["speaker"], ours["content"])
-        notes = f"Linear CKA between the speaker and content subspaces: {results['cka_speaker_content']:.3f}."
+        notes += f"Linear CKA between the speaker and content subspaces: {results['cka_speaker_content']:.3f}."
     write_report(
         results, report_dir, systems=systems, table=corpus,
         tsne_systems=tuple(f"ours: {name} subspace" for name in ours) + ("raw layer 0",),
-        layer_weights=model.layer_weights.detach().numpy() if model.config.layer == "mix" else None,
+        layer_weights=_layer_weights(model),
         title=title, notes=notes,
     )
     return results
+
+
+def calibrate_model(
+    model_dir: str | Path, corpus: pd.DataFrame, *, subspace: str = "speaker", operating_point: str = "eer",
+    max_trials: int | None = 200_000, seed: int = 0, data: str = "",
+) -> dict:
+    """Store a verification threshold for `subspace` in the model folder, chosen on the
+    trials of a labelled corpus (all pairs, or a seeded sample of `max_trials`).
+
+    Returns the stored record (threshold, operating point, the data it came from, the
+    miss and false-alarm rates reached there). `SubspaceEncoder.verify` then uses it.
+    """
+    from .evaluate import cosine_scores, make_trials
+    from .inference import calibrate_threshold, load_model
+    from .manifest import audio_paths
+
+    encoder = load_model(model_dir)
+    vectors = encoder.embed(audio_paths(corpus) if "root" in corpus.attrs else [Path(p) for p in corpus["path"]])
+    if subspace not in vectors:
+        raise ValueError(f"{model_dir}: no subspace {subspace!r}; it has {', '.join(vectors)}")
+    trials = make_trials(corpus, max_trials=max_trials, seed=seed)
+    scores = cosine_scores(vectors[subspace], trials)
+    description = data or f"{len(corpus)} utterances, {len(trials)} trials"
+    return calibrate_threshold(model_dir, scores, trials["target"].astype(int).to_numpy(), operating_point,
+                               subspace=subspace, data=description)

@@ -102,11 +102,16 @@ def plot_tsne(systems: Mapping[str, np.ndarray], table: pd.DataFrame, path: Path
     plt.close(fig)
 
 
-def plot_layer_weights(weights: np.ndarray, path: Path) -> None:
-    """Bar chart of the model's softmax layer weights."""
+def plot_layer_weights(weights: Mapping[str, np.ndarray], path: Path) -> None:
+    """Bar chart of the model's softmax layer weights: {label: float[L]}, one bar group per
+    backbone layer (one label for a shared mix, one per subspace for "mix-per-subspace")."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(5, 3))
-    ax.bar(np.arange(len(weights)), weights)
+    width = 0.8 / len(weights)
+    for k, (label, values) in enumerate(weights.items()):
+        ax.bar(np.arange(len(values)) + k * width, values, width=width, label=label)
+    if len(weights) > 1:
+        ax.legend(fontsize=7)
     ax.set_xlabel("backbone hidden state (0 = input embedding)")
     ax.set_ylabel("weight")
     ax.set_title("Learned layer weights")
@@ -117,7 +122,8 @@ def plot_layer_weights(weights: np.ndarray, path: Path) -> None:
 
 def write_report(
     results: dict, out_dir: str | Path, *, systems: Mapping[str, np.ndarray], table: pd.DataFrame,
-    tsne_systems: tuple[str, ...] = (), layer_weights: np.ndarray | None = None, title: str = "Evaluation",
+    tsne_systems: tuple[str, ...] = (), layer_weights: Mapping[str, np.ndarray] | None = None,
+    title: str = "Evaluation",
     notes: str = "", max_plot_trials: int = 50_000,
 ) -> Path:
     """Write `metrics.json`, `report.md` and the plots into `out_dir`; return the report path."""
@@ -133,7 +139,7 @@ def write_report(
         plot_tsne(chosen, table, out / "tsne.png")
         plots.append("tsne.png")
     if layer_weights is not None:
-        plot_layer_weights(np.asarray(layer_weights), out / "layer_weights.png")
+        plot_layer_weights(layer_weights, out / "layer_weights.png")
         plots.append("layer_weights.png")
     counts = results["trials"]
     lines = [

@@ -1,0 +1,270 @@
+"""ONNX export of a trained model: waveform to subspaces, or pooled features to subspaces.
+
+Full export (Whisper backbones): inputs `waveform` float[batch, samples] (16 kHz, each
+row zero-padded past its clip's end) and `lengths` int64[batch] (each clip's samples);
+one output per subspace, named after it, float[batch, size]. Batch and length axes are
+dynamic.
+
+`subspaces.whisper.encode_whisper` runs the convolutions and the attention clip by clip,
+which a graph with a dynamic batch cannot do. `BatchedWhisperSubspaces` computes the same
+numbers for the whole padded batch at once:
+
+- log-mel: the STFT is a convolution with a windowed DFT basis; the reflection padding
+  at each clip's end is a gather that reflects about that clip's own last sample; the
+  8-decade floor uses each clip's own peak over its own frames;
+- convolutions: mel frames, then first-convolution frames, past each clip's end are set
+  to zero, which is what a lone clip's zero padding gives;
+- attention: an additive mask (0 for a clip's frames, -1e9 past its end) keeps every
+  clip attending to its own frames only;
+- pooling: mean (and std) over each clip's valid frames, as `features.pool_frames`.
+
+Head-only export: input `features` float[batch, layers, dim] (pooled as in training),
+the same outputs. It works for every backbone.
+
+>>> export_onnx("runs/demo/model", "model.onnx")  # doctest: +SKIP
+PosixPath('model.onnx')
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .atomic import write_atomic
+from .backbones import WhisperBackbone
+from .inference import SubspaceEncoder, load_model
+from .model import SubspaceModel
+from .whisper import HOP_LENGTH, N_FFT, WhisperLogMel
+
+__all__ = [
+    "check_onnx","BatchedWhisperSubspaces", "ExportError", "SubspaceHead", "export_onnx", "pad_batch"]
+
+# Added to attention logits of padded keys: exp(-1e9 - max) is exactly 0 in float32,
+# and unlike -inf it cannot make a NaN.
+_MASKED = -1e9
+
+
+class ExportError(ValueError):
+    """A model that cannot be exported as asked; the message says why and what to do instead."""
+
+
+class SubspaceHead(nn.Module):
+    """The subspace model alone, with a tuple output in subspace order (ONNX needs one).
+
+    features float[B, L, D] -> (float[B, size] per subspace).
+    """
+
+    def __init__(self, model: SubspaceModel):
+        super().__init__()
+        self.model = model.eval()
+
+    def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(self.model(features).values())
+
+
+class BatchedWhisperSubspaces(nn.Module):
+    """Waveforms to subspaces for a Whisper backbone, the whole padded batch at once.
+
+    waveform: float[B, S] (zero past each clip's end), lengths: long[B] ->
+    (float[B, size] per subspace, in `encoder.subspaces` order). Equal to
+    `SubspaceEncoder.embed` up to float rounding.
+    """
+
+    def __init__(self, encoder: SubspaceEncoder):
+        super().__init__()
+        if not isinstance(encoder.backbone, WhisperBackbone):
+            raise ExportError(
+                f"the full waveform export handles Whisper backbones only, not {encoder.backbone.family} "
+                f"({encoder.backbone.name}); export the subspace head with head_only=True and run the "
+                "backbone yourself"
+            )
+        self.whisper = encoder.backbone.encoder
+        self.head = encoder.model
+        self.layers = list(encoder.layers)
+        self.pooling = encoder.pooling
+        log_mel: WhisperLogMel = encoder.backbone.log_mel
+        self.register_buffer("mel_filters", log_mel.filters.clone(), persistent=False)
+        # Real and imaginary DFT rows of the Hann-windowed frame, bins 0..N_FFT/2, in
+        # float64 before rounding once: conv1d(wave, basis, stride=HOP) is the STFT.
+        n = torch.arange(N_FFT, dtype=torch.float64)
+        k = torch.arange(N_FFT // 2 + 1, dtype=torch.float64)[:, None]
+        angle = 2 * math.pi * k * n / N_FFT
+        window = torch.hann_window(N_FFT, dtype=torch.float64)
+        basis = torch.cat([torch.cos(angle) * window, -torch.sin(angle) * window])
+        self.register_buffer("dft_basis", basis[:, None, :].float(), persistent=False)
+
+    def log_mel(self, waveform: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """float[B, S], long[B] -> (log-mel float[B, n_mels, S // 160] zero past each clip's
+        frames, mel frames long[B]); each clip as `WhisperLogMel` computes it alone."""
+        half = N_FFT // 2
+        samples = waveform.shape[1]
+        # torch.stft(center=True) reflects each clip about its own first and last sample.
+        position = torch.arange(samples + 2 * half, device=waveform.device)[None, :] - half
+        last = (lengths - 1)[:, None]
+        source = torch.where(position < 0, -position, position)
+        source = torch.where(source > last, 2 * last - source, source)
+        inside = (position < lengths[:, None] + half) & (source >= 0)
+        source = source.clamp(min=0, max=samples - 1)
+        padded = torch.gather(waveform, 1, source) * inside.to(waveform.dtype)
+        spectrum = nn.functional.conv1d(padded[:, None, :], self.dft_basis, stride=HOP_LENGTH)
+        real, imag = spectrum.split(N_FFT // 2 + 1, dim=1)
+        power = (real.square() + imag.square())[:, :, :-1]
+        log_spec = torch.clamp(torch.matmul(self.mel_filters, power), min=1e-10).log10()
+        mel_frames = torch.div(lengths, HOP_LENGTH, rounding_mode="floor")
+        valid = torch.arange(log_spec.shape[2], device=waveform.device)[None, :] < mel_frames[:, None]
+        peak = log_spec.masked_fill(~valid[:, None, :], -1e10).amax(dim=(1, 2), keepdim=True)
+        log_spec = (torch.maximum(log_spec, peak - 8.0) + 4.0) / 4.0
+        return log_spec * valid[:, None, :].to(log_spec.dtype), mel_frames
+
+    def hidden_states(self, waveform: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """float[B, S], long[B] -> (hidden states float[L, B, T, D] zero past each clip's
+        end, frames long[B]), as `encode_whisper` gives for the clips one by one."""
+        whisper = self.whisper
+        mel, mel_frames = self.log_mel(waveform, lengths)
+        hidden = nn.functional.gelu(whisper.conv1(mel))
+        mel_valid = torch.arange(hidden.shape[2], device=hidden.device)[None, :] < mel_frames[:, None]
+        hidden = hidden * mel_valid[:, None, :].to(hidden.dtype)
+        hidden = nn.functional.gelu(whisper.conv2(hidden)).transpose(1, 2)
+        num_frames = torch.div(mel_frames + 1, 2, rounding_mode="floor")
+        frames = hidden.shape[1]
+        hidden = hidden + whisper.embed_positions.weight[:frames]
+        valid = torch.arange(frames, device=hidden.device)[None, :] < num_frames[:, None]
+        key_mask = torch.where(valid, 0.0, _MASKED).to(hidden.dtype)[:, None, None, :]
+        states = [hidden]
+        for layer in whisper.layers:
+            hidden = self._layer(layer, hidden, key_mask)
+            states.append(hidden)
+        states[-1] = whisper.layer_norm(hidden)
+        return torch.stack(states) * valid[None, :, :, None].to(hidden.dtype), num_frames
+
+    @staticmethod
+    def _layer(layer: nn.Module, hidden: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
+        """One pre-norm encoder layer; key_mask float[B, 1, 1, T] is added to the logits."""
+        attn = layer.self_attn
+        batch, frames, width = hidden.shape
+        x = layer.self_attn_layer_norm(hidden)
+
+        def heads(projected: torch.Tensor) -> torch.Tensor:  # [B, T, D] -> [B, H, T, D/H]
+            return projected.reshape(batch, frames, attn.num_heads, attn.head_dim).transpose(1, 2)
+
+        query, key, value = heads(attn.q_proj(x) * attn.scaling), heads(attn.k_proj(x)), heads(attn.v_proj(x))
+        weights = torch.softmax(torch.matmul(query, key.transpose(2, 3)) + key_mask, dim=-1)
+        context = torch.matmul(weights, value).transpose(1, 2).reshape(batch, frames, width)
+        hidden = hidden + attn.out_proj(context)
+        x = layer.final_layer_norm(hidden)
+        return hidden + layer.fc2(layer.activation_fn(layer.fc1(x)))
+
+    def pooled_features(self, waveform: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """float[B, S], long[B] -> the model's input float[B, L, D], pooled as in training."""
+        states, num_frames = self.hidden_states(waveform, lengths)
+        states = states[self.layers]
+        counts = num_frames.to(states.dtype)[None, :, None]
+        mean = states.sum(dim=2) / counts
+        pooled = [mean]
+        if "std" in self.pooling:
+            valid = torch.arange(states.shape[2], device=states.device)[None, :] < num_frames[:, None]
+            deviation = (states - mean[:, :, None, :]) * valid[None, :, :, None].to(states.dtype)
+            pooled.append((deviation.square().sum(dim=2) / counts).sqrt())
+        return torch.cat(pooled, dim=2).transpose(0, 1)
+
+    def forward(self, waveform: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(self.head(self.pooled_features(waveform, lengths)).values())
+
+
+def pad_batch(waves: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Clips of any lengths -> (waveform float32[B, max samples] zero-padded, lengths int64[B]),
+    the full export's inputs.
+
+    >>> wave, lengths = pad_batch([np.ones(3, np.float32), np.ones(5, np.float32)])
+    >>> wave.shape, lengths.tolist()
+    ((2, 5), [3, 5])
+    """
+    lengths = np.array([len(w) for w in waves], dtype=np.int64)
+    batch = np.zeros((len(waves), int(lengths.max())), dtype=np.float32)
+    for row, wave in zip(batch, waves):
+        row[: len(wave)] = wave
+    return batch, lengths
+
+
+def export_onnx(
+    model_dir_or_encoder: str | Path | SubspaceEncoder, out_path: str | Path, *, head_only: bool = False,
+    opset: int = 17,
+) -> Path:
+    """Write the model as ONNX to `out_path` and return the path.
+
+    Full (default): `waveform` float[batch, samples] + `lengths` int64[batch] in (16 kHz
+    clips, zero-padded; see `pad_batch`); needs a Whisper backbone. `head_only=True`:
+    `features` float[batch, layers, dim] in (pooled as `SubspaceEncoder.pooled_features`).
+    Outputs: one float[batch, size] per subspace, named after it. Dynamic batch and length.
+
+    >>> export_onnx("runs/demo/model", "speaker.onnx", head_only=True)  # doctest: +SKIP
+    PosixPath('speaker.onnx')
+    """
+    encoder = model_dir_or_encoder
+    if not isinstance(encoder, SubspaceEncoder):
+        encoder = load_model(encoder)
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    outputs = list(encoder.subspaces)
+    dynamic = {name: {0: "batch"} for name in outputs}
+    config = encoder.model.config
+    if head_only:
+        module: nn.Module = SubspaceHead(encoder.model.cpu())
+        example = (torch.zeros(2, config.num_layers, config.input_dim),)
+        inputs = ["features"]
+        dynamic["features"] = {0: "batch"}
+    else:
+        module = BatchedWhisperSubspaces(encoder).cpu()
+        rate = encoder.backbone.sample_rate
+        example = (torch.randn(2, rate) * 0.1, torch.tensor([rate, rate // 2]))
+        inputs = ["waveform", "lengths"]
+        dynamic["waveform"] = {0: "batch", 1: "samples"}
+        dynamic["lengths"] = {0: "batch"}
+    module.eval()
+    # The TorchScript exporter: it writes opset 17 and needs no extra package. torch
+    # 2.13's dynamo exporter needs onnxscript and, asked for opset 17, wrote a Split node
+    # that onnxruntime 1.32 rejects (the `num_outputs` attribute is opset 18).
+    with torch.no_grad(), warnings.catch_warnings():
+        # The tracer warns about SubspaceModel's input-shape check; it only reads the
+        # fixed layer and width axes, so baking it in as a constant is right.
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        write_atomic(out_path, lambda tmp: torch.onnx.export(
+            module, example, tmp, input_names=inputs, output_names=outputs, dynamic_axes=dynamic,
+            opset_version=opset, dynamo=False, do_constant_folding=True,
+        ))
+    return out_path
+
+
+def check_onnx(
+    model_dir_or_encoder: str | Path | SubspaceEncoder, onnx_path: str | Path, clips: Sequence[str | Path | np.ndarray],
+    *, head_only: bool = False,
+) -> dict[str, float]:
+    """Run an exported model with onnxruntime on `clips` (one batch of mixed lengths) and
+    return, per subspace, the max abs difference from the PyTorch model's output.
+
+    >>> check_onnx("runs/demo/model", "model.onnx", ["a.wav", "b.wav"])  # doctest: +SKIP
+    {'speaker': 1.9e-07, 'content': 1.6e-07}
+    """
+    try:
+        import onnxruntime
+    except ImportError as error:
+        raise ExportError("checking an export needs onnxruntime: pip install onnxruntime") from error
+    encoder = model_dir_or_encoder
+    if not isinstance(encoder, SubspaceEncoder):
+        encoder = load_model(encoder)
+    session = onnxruntime.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    expected = encoder.embed(list(clips))
+    if head_only:
+        feeds = {"features": encoder.pooled_features(list(clips)).numpy()}
+    else:
+        waveform, lengths = pad_batch([encoder.read(clip) for clip in clips])
+        feeds = {"waveform": waveform, "lengths": lengths}
+    names = [output.name for output in session.get_outputs()]
+    got = dict(zip(names, session.run(names, feeds)))
+    return {name: float(np.abs(got[name] - expected[name]).max()) for name in expected}

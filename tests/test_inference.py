@@ -1,0 +1,172 @@
+"""Loading a trained model with its backbone, embedding audio, and verification thresholds."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from conftest import FSDD, tiny_whisper_encoder
+
+from subspaces.backbones import WhisperBackbone, load_backbone
+from subspaces.features import extract_features, load_features
+from subspaces.inference import (
+    THRESHOLDS_FILE,
+    InferenceError,
+    SubspaceEncoder,
+    calibrate_threshold,
+    load_model,
+)
+from subspaces.model import SubspaceConfig, SubspaceModel
+from subspaces.pipeline import embed_features
+
+# Two FSDD speakers, clips of different lengths (0.2-0.8 s at 8 kHz).
+CLIPS = ["0_george_0.wav", "1_george_3.wav", "5_george_7.wav", "0_jackson_0.wav", "3_jackson_4.wav",
+         "9_jackson_9.wav", "2_theo_1.wav", "7_theo_5.wav"]
+
+
+def fsdd_paths() -> list[Path]:
+    return [FSDD / name for name in CLIPS]
+
+
+def make_model(folder: Path, backbone: WhisperBackbone, pooling: str = "mean", seed: int = 0) -> Path:
+    """A tiny untrained subspace model over every layer of `backbone`, its input
+    normalisation fitted on FSDD clips, saved with the backbone's name and revision."""
+    torch.manual_seed(seed)
+    width = backbone.width * (2 if pooling == "mean+std" else 1)
+    config = SubspaceConfig(input_dim=width, num_layers=backbone.num_layers, layer="mix", pooling=pooling,
+                            hidden=(16,), subspaces=(("speaker", 4), ("content", 6)))
+    model = SubspaceModel(config)
+    features = SubspaceEncoder(model, backbone, folder).pooled_features(fsdd_paths())
+    model.fit_normalization(features)
+    return model.save(folder, metadata={"backbone": backbone.name, "backbone_revision": backbone.revision})
+
+
+def fsdd_manifest(tmp_path: Path) -> pd.DataFrame:
+    from subspaces.audio import load_audio
+
+    rows = []
+    for path in fsdd_paths():
+        digit, speaker, _index = path.stem.split("_")
+        rows.append({"utt_id": path.stem, "path": str(path), "speaker": speaker, "content": digit, "text": digit,
+                     "duration_s": len(load_audio(path, 8000)) / 8000, "sample_rate": 8000, "split": "test",
+                     "source": "fsdd"})
+    table = pd.DataFrame(rows)
+    table.attrs["root"] = str(tmp_path)
+    return table
+
+
+@pytest.mark.parametrize("pooling", ["mean", "mean+std"])
+def test_embed_equals_the_stored_feature_path(tmp_path, tiny_whisper, pooling):
+    folder = make_model(tmp_path / "model", tiny_whisper, pooling)
+    encoder = load_model(folder, backbone=tiny_whisper)
+    table = fsdd_manifest(tmp_path)
+    extract_features(table, tiny_whisper, tmp_path / "features", pooling=("mean", "std"), progress=False,
+                     workers=0)
+    stored = embed_features(encoder.model, load_features(tmp_path / "features", table, pooling=pooling))
+    ours = encoder.embed(fsdd_paths(), batch_size=3)
+    assert list(ours) == ["speaker", "content"]
+    for name in ours:
+        assert ours[name].shape == (len(CLIPS), encoder.subspaces[name])
+        np.testing.assert_allclose(ours[name], stored[name], atol=1e-5, rtol=0)
+
+
+def test_embed_takes_arrays_and_keeps_the_order_given(tmp_path, tiny_whisper):
+    encoder = load_model(make_model(tmp_path / "model", tiny_whisper), backbone=tiny_whisper)
+    paths = fsdd_paths()[::-1]
+    waves = [encoder.read(p) for p in paths]
+    assert all(w.dtype == np.float32 and w.ndim == 1 for w in waves)
+    from_paths = encoder.embed(paths, batch_size=2)
+    from_arrays = encoder.embed(waves, batch_size=16)
+    one = encoder.embed(waves[3])
+    np.testing.assert_allclose(from_arrays["speaker"], from_paths["speaker"], atol=1e-6)
+    np.testing.assert_allclose(one["content"][0], from_paths["content"][3], atol=1e-6)
+    with pytest.raises(InferenceError, match="mono 1-D"):
+        encoder.embed([np.zeros((2, 8000), np.float32)])
+    with pytest.raises(InferenceError, match="empty"):
+        encoder.embed([])
+
+
+def test_verify_refuses_without_a_threshold_and_uses_the_calibrated_one(tmp_path, tiny_whisper):
+    folder = make_model(tmp_path / "model", tiny_whisper)
+    encoder = load_model(folder, backbone=tiny_whisper)
+    a, b = fsdd_paths()[0], fsdd_paths()[3]
+    with pytest.raises(InferenceError, match="calibrate_threshold"):
+        encoder.verify(a, b)
+
+    vectors = encoder.embed([a, b])["speaker"].astype(np.float64)
+    expected = vectors[0] @ vectors[1] / np.linalg.norm(vectors[0]) / np.linalg.norm(vectors[1])
+    record = calibrate_threshold(folder, [0.9, 0.5, 0.6, 0.4, 0.2, 0.1], [1, 1, 0, 0, 0, 0], data="toy trials")
+    assert record["threshold"] == pytest.approx(0.55)
+    assert (record["p_miss"], record["p_fa"]) == (0.5, 0.25)  # 0.5 missed; 0.6 accepted
+    stored = json.loads((folder / THRESHOLDS_FILE).read_text())
+    assert stored["speaker"]["operating_point"] == "eer" and stored["speaker"]["data"] == "toy trials"
+
+    score, same = encoder.verify(a, b)
+    assert score == pytest.approx(expected, abs=1e-6)
+    assert same == (score >= 0.55)
+    assert encoder.verify(a, a)[0] == pytest.approx(1.0, abs=1e-6)
+    # A threshold above every score rejects the pair; the content subspace still has none.
+    calibrate_threshold(folder, [1.5, 1.4, -1.0], [1, 1, 0], operating_point="min_dcf")
+    assert encoder.verify(a, a) == (pytest.approx(1.0, abs=1e-6), False)
+    with pytest.raises(InferenceError, match="'content'"):
+        encoder.verify(a, b, subspace="content")
+    with pytest.raises(InferenceError, match="no subspace 'pitch'"):
+        encoder.verify(a, b, subspace="pitch")
+    with pytest.raises(InferenceError, match="operating_point must be one of eer, min_dcf"):
+        calibrate_threshold(folder, [0.1, 0.2], [0, 1], operating_point="best")
+
+
+def test_min_dcf_threshold_is_the_cheapest_operating_point(tmp_path):
+    scores = np.array([0.9, 0.8, 0.7, 0.4, 0.6, 0.3, 0.2, 0.1])
+    labels = np.array([1, 1, 1, 1, 0, 0, 0, 0])
+    # With p_target 0.01 a false alarm costs 99x a miss: accept only above every non-target.
+    record = calibrate_threshold(tmp_path, scores, labels, operating_point="min_dcf")
+    assert record["threshold"] == pytest.approx(0.7)
+    assert (record["p_miss"], record["p_fa"]) == (0.25, 0.0)
+
+
+def test_backbone_of_other_weights_is_refused(tmp_path, tiny_whisper):
+    folder = make_model(tmp_path / "model", tiny_whisper)
+    other = WhisperBackbone(tiny_whisper_encoder(seed=1), name="tiny-whisper", revision="random-seed-1")
+    with pytest.raises(InferenceError, match="revision random-seed-0.*revision random-seed-1"):
+        load_model(folder, backbone=other)
+
+
+def test_missing_folder_and_files_are_named(tmp_path, tiny_whisper):
+    with pytest.raises(InferenceError, match=f"{tmp_path / 'nowhere'}: no such model folder"):
+        load_model(tmp_path / "nowhere")
+    folder = make_model(tmp_path / "model", tiny_whisper)
+    (folder / "model.safetensors").unlink()
+    with pytest.raises(InferenceError, match="model.safetensors is missing"):
+        load_model(folder, backbone=tiny_whisper)
+    bare = make_model(tmp_path / "bare", tiny_whisper)
+    config = json.loads((bare / "config.json").read_text())
+    config["metadata"] = {}
+    (bare / "config.json").write_text(json.dumps(config))
+    with pytest.raises(InferenceError, match="does not name its backbone"):
+        load_model(bare)
+
+
+def test_backbone_named_by_a_local_folder_is_loaded_offline(tmp_path, monkeypatch):
+    import transformers as tf
+
+    torch.manual_seed(0)
+    whisper = tf.WhisperModel(tf.WhisperConfig(d_model=32, encoder_layers=2, decoder_layers=1, encoder_attention_heads=4,
+                                               decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64))
+    whisper.save_pretrained(tmp_path / "whisper")
+    backbone = load_backbone(tmp_path / "whisper")
+    folder = make_model(tmp_path / "model", backbone)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    encoder = load_model(folder)
+    assert encoder.backbone.revision == backbone.revision
+    np.testing.assert_allclose(encoder.embed(fsdd_paths()[:2])["speaker"],
+                               load_model(folder, backbone=backbone).embed(fsdd_paths()[:2])["speaker"], atol=1e-6)
+    # Other weights in the same folder: the recorded revision no longer matches.
+    torch.manual_seed(1)
+    tf.WhisperModel(whisper.config).save_pretrained(tmp_path / "whisper")
+    with pytest.raises(InferenceError, match="trained on .* revision"):
+        load_model(folder)
