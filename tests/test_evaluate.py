@@ -75,3 +75,24 @@ def test_cka_and_input_checks(grid):
     zeros = np.zeros_like(speaker_only)
     with pytest.raises(ValueError, match="all-zero or non-finite"):
         verification(zeros, make_trials(table))
+
+
+def test_trial_list_and_official_split(grid):
+    from subspaces.evaluate import keyword_probe, trials_from_list
+
+    table, speaker_only, content_only = grid
+    table = table.assign(trial_path=[f"{s}/{i}.wav" for i, s in enumerate(table["speaker"])],
+                         split=["train" if s in ("s0", "s1", "s2", "s3") else "test" for s in table["speaker"]])
+    listed = pd.DataFrame({"label": [1, 0, 1], "enroll": ["s0/0.wav", "s0/0.wav", "s5/119.wav"],
+                           "test": ["s0/1.wav", "s1/20.wav", "s5/100.wav"]})
+    trials = trials_from_list(table, listed)
+    assert trials[["enroll", "test"]].values.tolist() == [[0, 1], [0, 20], [119, 100]]
+    assert trials["target"].tolist() == [True, False, True]
+    results = evaluate_systems({"speaker": speaker_only}, table, trial_list=listed, official_split=True)
+    assert results["trials"]["total"] == 3
+    assert results["systems"]["speaker"]["keyword"]["folds"] and len(results["systems"]["speaker"]["keyword"]["folds"]) == 1
+    assert keyword_probe(content_only, table, official_split=True)["accuracy"] > 0.95
+    with pytest.raises(ValueError, match="not in the manifest, e.g. nobody/x.wav"):
+        trials_from_list(table, listed.assign(test=["nobody/x.wav"] * 3))
+    with pytest.raises(ValueError, match="needs rows of split 'train' and 'test'"):
+        keyword_probe(content_only, table.assign(split="test"), official_split=True)

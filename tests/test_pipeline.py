@@ -57,6 +57,13 @@ def test_cli_pipeline_end_to_end(tmp_path, capsys):
     assert (model / "model.safetensors").read_bytes() == weights
     assert main(["evaluate", "--model", str(model), "--out", str(report), "--limit-per-speaker-digit", "2"]) == 0
     assert json.loads((report / "metrics.json").read_text())["systems"] == metrics["systems"]
+    # Several models (e.g. seeds) are summarised as mean +- std; the same model twice has std 0.
+    assert main(["evaluate", "--model", str(model), str(model), "--out", str(tmp_path / "seeds"),
+                 "--limit-per-speaker-digit", "2"]) == 0
+    summary = json.loads((tmp_path / "seeds" / "summary.json").read_text())["systems"]
+    eer_all = metrics["systems"]["ours: speaker subspace"]["verification"]["all"]["eer"]
+    assert summary["ours: speaker subspace"]["EER all"] == [round(eer_all, 6), 0.0]
+    assert (tmp_path / "seeds" / "model-1" / "report.md").is_file()
 
 
     # Using the model: calibrate a threshold, verify, embed, export (checked by onnxruntime).

@@ -202,22 +202,40 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    """Evaluate a trained model on real speech beside the raw backbone layers; write a report."""
-    from .corpora import load_corpus
-    from .evaluate import summary_table
+    """Evaluate trained models (e.g. one per seed) on real speech beside the raw backbone
+    layers and the Resemblyzer baseline; write a report per model and, for several, their
+    mean and standard deviation."""
+    import json
+
+    from .atomic import write_text_atomic
+    from .corpora import load_corpus, read_trials
+    from .evaluate import summarize_runs, summary_table
     from .manifest import read_manifest, write_manifest
     from .pipeline import evaluate_model
 
     out = Path(args.out)
-    is_fsdd = args.corpus.split(":")[0] == "fsdd"
-    options = {"limit_per_speaker_digit": args.limit_per_speaker_digit} if is_fsdd and args.limit_per_speaker_digit else {}
+    kind = args.corpus.split(":")[0]
+    options = {"limit_per_speaker_digit": args.limit_per_speaker_digit} if kind == "fsdd" and args.limit_per_speaker_digit else {}
+    if args.trials:
+        options["trials"] = args.trials
     table = load_corpus(args.corpus, **options)
     write_manifest(table, out / "manifest.csv")
     table = read_manifest(out / "manifest.csv")
-    results = evaluate_model(args.model, table, out / "features", out, max_trials=args.max_trials,
-                             title=f"{args.corpus}: {args.model}")
-    print(summary_table(results))
-    print(f"report: {out / 'report.md'}")
+    trial_list = read_trials(args.trials) if args.trials else None
+    official = args.official_split or kind.startswith("speech-commands")
+    runs = []
+    for k, model in enumerate(args.model):
+        report_dir = out if len(args.model) == 1 else out / f"model-{k}"
+        results = evaluate_model(model, table, out / "features", report_dir, max_trials=args.max_trials,
+                                 title=f"{args.corpus}: {model}", trial_list=trial_list, official_split=official)
+        print(summary_table(results))
+        print(f"report: {report_dir / 'report.md'}")
+        runs.append(results)
+    if len(runs) > 1:
+        summary, markdown = summarize_runs(runs)
+        write_text_atomic(out / "summary.json", json.dumps({"models": args.model, "systems": summary}, indent=2) + "\n")
+        write_text_atomic(out / "summary.md", f"# {args.corpus}: {len(runs)} models\n\n{markdown}\n")
+        print(markdown)
     return 0
 
 
@@ -403,11 +421,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = verbs.add_parser("evaluate", help="evaluate a model on real speech; write a report",
                                 description=cmd_evaluate.__doc__)
-    evaluate.add_argument("--model", required=True)
+    evaluate.add_argument("--model", required=True, nargs="+", help="model folder(s); several (e.g. seeds) are summarised")
     evaluate.add_argument("--corpus", default="fsdd", help="KIND:PATH (default: the bundled FSDD)")
     evaluate.add_argument("--out", required=True)
     evaluate.add_argument("--limit-per-speaker-digit", type=int, default=10, help="FSDD subset size (0 = all)")
     evaluate.add_argument("--max-trials", type=int, help="a seeded sample of trials instead of all pairs")
+    evaluate.add_argument("--trials", help="a trial list (label enroll test), e.g. VoxCeleb1's veri_test2.txt")
+    evaluate.add_argument("--official-split", action="store_true",
+                          help="keyword probe on the corpus' train/test split (default for Speech Commands)")
     evaluate.set_defaults(func=cmd_evaluate)
 
     embed = verbs.add_parser("embed", help="embed audio with a trained model", description=cmd_embed.__doc__)

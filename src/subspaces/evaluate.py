@@ -63,6 +63,30 @@ def make_trials(table: pd.DataFrame, max_trials: int | None = None, seed: int = 
     })
 
 
+def trials_from_list(table: pd.DataFrame, trial_list: pd.DataFrame, key: str = "trial_path") -> pd.DataFrame:
+    """Trials from a verification list (`label, enroll, test`, as `corpora.read_trials`
+    returns it), matched to manifest rows through the `key` column (VoxCeleb1's
+    `trial_path`). The list's labels are kept as `target`.
+
+    >>> table = pd.DataFrame({"trial_path": ["a/1.wav", "a/2.wav", "b/1.wav"], "speaker": list("aab"),
+    ...                       "content": ["", "", ""]})
+    >>> trials_from_list(table, pd.DataFrame({"label": [1, 0], "enroll": ["a/1.wav"] * 2,
+    ...                                       "test": ["a/2.wav", "b/1.wav"]}))["test"].tolist()
+    [1, 2]
+    """
+    if key not in table.columns:
+        raise ValueError(f"the manifest has no {key!r} column to match the trial list's paths against")
+    row = {path: i for i, path in enumerate(table[key].astype(str))}
+    missing = sorted({p for p in (*trial_list["enroll"], *trial_list["test"]) if p not in row})
+    if missing:
+        raise ValueError(f"{len(missing)} trial-list path(s) are not in the manifest, e.g. {', '.join(missing[:3])}")
+    enroll = trial_list["enroll"].map(row).to_numpy()
+    test = trial_list["test"].map(row).to_numpy()
+    contents = table["content"].astype(str).to_numpy()
+    return pd.DataFrame({"enroll": enroll, "test": test, "target": trial_list["label"].astype(int).to_numpy() == 1,
+                         "same_content": (contents[enroll] == contents[test]) & (contents[enroll] != "")})
+
+
 def _unit(embeddings: np.ndarray) -> np.ndarray:
     embeddings = np.asarray(embeddings, dtype=np.float64)
     norms = np.linalg.norm(embeddings, axis=1, keepdims=True)
@@ -123,9 +147,14 @@ def speaker_folds(speakers: np.ndarray, test_speakers: int = 2) -> list[np.ndarr
             if len(names[i : i + test_speakers]) == test_speakers]
 
 
-def keyword_probe(embeddings: np.ndarray, table: pd.DataFrame, test_speakers: int = 2, seed: int = 0) -> dict:
+def keyword_probe(
+    embeddings: np.ndarray, table: pd.DataFrame, test_speakers: int = 2, seed: int = 0, official_split: bool = False,
+) -> dict:
     """Content (keyword) accuracy of a linear probe trained and tested on disjoint speakers.
 
+    By default, speakers are cut into folds (`speaker_folds`) and the accuracy averaged
+    over them. `official_split=True` trains on the rows whose split is "train" and tests on
+    those whose split is "test" (Speech Commands' own lists, which are speaker-disjoint).
     Returns mean accuracy, per-fold accuracies, the label order and the confusion matrix
     summed over folds (rows = true, columns = predicted).
     """
@@ -135,9 +164,15 @@ def keyword_probe(embeddings: np.ndarray, table: pd.DataFrame, test_speakers: in
     index = {label: i for i, label in enumerate(labels)}
     confusion = np.zeros((len(labels), len(labels)), dtype=int)
     accuracies = []
-    for held_out in speaker_folds(speakers, test_speakers):
-        test = np.isin(speakers, held_out)
-        predicted = _probe(embeddings[~test], contents[~test], embeddings[test], seed)
+    if official_split:
+        split = table["split"].astype(str).to_numpy()
+        if not ((split == "train").any() and (split == "test").any()):
+            raise ValueError(f"official_split needs rows of split 'train' and 'test'; splits present: {sorted(set(split))}")
+        folds = [(split == "train", split == "test")]
+    else:
+        folds = [(~np.isin(speakers, held), np.isin(speakers, held)) for held in speaker_folds(speakers, test_speakers)]
+    for train_rows, test in folds:
+        predicted = _probe(embeddings[train_rows], contents[train_rows], embeddings[test], seed)
         accuracies.append(float(np.mean(predicted == contents[test])))
         for truth, guess in zip(contents[test], predicted):
             confusion[index[truth], index[guess]] += 1
@@ -173,21 +208,25 @@ def linear_cka(x: np.ndarray, y: np.ndarray) -> float:
 
 def evaluate_systems(
     systems: Mapping[str, np.ndarray], table: pd.DataFrame, *, max_trials: int | None = None, seed: int = 0,
-    speaker_id_probe: bool = True,
+    speaker_id_probe: bool = True, trial_list: pd.DataFrame | None = None, official_split: bool = False,
 ) -> dict:
     """Score every system on the same trials and probe folds.
 
     systems: name -> float[N, D] aligned with `table` (which needs `speaker` and `content`).
+    trial_list: score these trials (`label, enroll, test`, see `trials_from_list`) instead
+    of all pairs. official_split: the keyword probe uses the corpus' train/test split.
     Returns {"trials": counts, "systems": {name: {"verification": ..., "keyword": ...,
     "speaker_id": ...}}}.
     """
-    trials = make_trials(table, max_trials=max_trials, seed=seed)
+    trials = (trials_from_list(table, trial_list) if trial_list is not None
+              else make_trials(table, max_trials=max_trials, seed=seed))
     results = {}
     for name, embeddings in systems.items():
         embeddings = np.asarray(embeddings, dtype=np.float64)
         if len(embeddings) != len(table):
             raise ValueError(f"system {name!r}: {len(embeddings)} embeddings for {len(table)} manifest rows")
-        entry = {"verification": verification(embeddings, trials), "keyword": keyword_probe(embeddings, table, seed=seed)}
+        entry = {"verification": verification(embeddings, trials), "keyword": keyword_probe(embeddings, table, seed=seed,
+                                                                                 official_split=official_split)}
         if speaker_id_probe:
             entry["speaker_id"] = speaker_probe(embeddings, table, seed=seed)
         results[name] = entry
@@ -195,6 +234,42 @@ def evaluate_systems(
                        "content_matched": int(trials["same_content"].sum())},
             "utterances": len(table), "speakers": int(table["speaker"].nunique()),
             "contents": int(table["content"].nunique()), "systems": results}
+
+
+SUMMARY_METRICS = {
+    "EER all": lambda e: e["verification"]["all"]["eer"],
+    "EER matched": lambda e: e["verification"]["matched"]["eer"],
+    "EER mismatched": lambda e: e["verification"]["mismatched"]["eer"],
+    "keyword acc": lambda e: e["keyword"]["accuracy"],
+    "speaker-ID acc": lambda e: e.get("speaker_id", {}).get("accuracy"),
+}
+
+
+def summarize_runs(runs: list[dict]) -> tuple[dict, str]:
+    """Mean and standard deviation over several runs (e.g. seeds) of `evaluate_systems`
+    results: ({system: {metric: [mean, std]}}, a Markdown table in %), systems in the
+    first run's order; a metric missing from any run is left out.
+
+    >>> one = {"systems": {"x": {"verification": {g: {"eer": e} for g, e in
+    ...        (("all", .1), ("matched", .1), ("mismatched", .1))}, "keyword": {"accuracy": .5}}}}
+    >>> two = {"systems": {"x": {"verification": {g: {"eer": e} for g, e in
+    ...        (("all", .3), ("matched", .3), ("mismatched", .3))}, "keyword": {"accuracy": .5}}}}
+    >>> summarize_runs([one, two])[0]["x"]["EER all"]
+    [0.2, 0.1]
+    """
+    summary: dict[str, dict[str, list[float]]] = {}
+    for name in runs[0]["systems"]:
+        summary[name] = {}
+        for metric, get in SUMMARY_METRICS.items():
+            values = [get(run["systems"][name]) for run in runs if name in run["systems"]]
+            if len(values) == len(runs) and all(v is not None for v in values):
+                summary[name][metric] = [round(float(np.mean(values)), 6), round(float(np.std(values)), 6)]
+    header = "| system | " + " | ".join(SUMMARY_METRICS) + " |"
+    lines = [f"Mean +- std over {len(runs)} runs, in %.", "", header, "|---|" + "---:|" * len(SUMMARY_METRICS)]
+    for name, metrics in summary.items():
+        cells = [f"{100 * metrics[m][0]:.1f} +- {100 * metrics[m][1]:.1f}" if m in metrics else "-" for m in SUMMARY_METRICS]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return summary, "\n".join(lines)
 
 
 def summary_table(results: dict) -> str:

@@ -146,7 +146,7 @@ def run_demo(out_dir: str | Path, recipe: DemoRecipe = DemoRecipe()) -> dict:
 def evaluate_model(
     model_dir: str | Path, corpus: pd.DataFrame, features_dir: str | Path, report_dir: str | Path, *,
     backbone: Backbone | None = None, max_trials: int | None = None, seed: int = 0, title: str = "Evaluation",
-    baseline: bool = True,
+    baseline: bool = True, trial_list: pd.DataFrame | None = None, official_split: bool = False,
 ) -> dict:
     """Evaluate a trained model on a corpus manifest, beside every raw backbone layer and
     (when `baseline` and the package is installed) Resemblyzer's GE2E d-vector.
@@ -154,7 +154,9 @@ def evaluate_model(
     Extracts the corpus' features with the model's backbone into `features_dir`
     (resumable; reused when finished; the d-vectors are cached there too), embeds them,
     scores every system on the same trials and probe folds, and writes the report into
-    `report_dir`. Returns the results.
+    `report_dir`. `trial_list` (VoxCeleb-style, see `evaluate.trials_from_list`) replaces
+    all-pairs trials; `official_split` makes the keyword probe use the corpus' own
+    train/test split (Speech Commands). Returns the results.
     """
     model = SubspaceModel.load(model_dir)
     if backbone is None:
@@ -183,7 +185,8 @@ def evaluate_model(
             systems["Resemblyzer d-vector"] = resemblyzer_embeddings_cached(corpus, features_dir)
         else:
             notes = f"Resemblyzer baseline skipped: not installed (`{RESEMBLYZER_INSTALL}`). "
-    results = evaluate_systems(systems, corpus, max_trials=max_trials, seed=seed)
+    results = evaluate_systems(systems, corpus, max_trials=max_trials, seed=seed, trial_list=trial_list,
+                               official_split=official_split)
     if {"speaker", "content"} <= set(ours):
         results["cka_speaker_content"] = linear_cka(ours["speaker"], ours["content"])
         notes += f"Linear CKA between the speaker and content subspaces: {results['cka_speaker_content']:.3f}."
