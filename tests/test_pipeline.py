@@ -91,3 +91,52 @@ def test_bad_arguments_exit_with_a_reason(tmp_path, capsys):
     assert main(["synth", str(tmp_path / "g")]) == 1
     assert "no voices" in capsys.readouterr().err
     assert main(["extract", str(tmp_path / "missing.csv"), "--out", str(tmp_path / "f"), "--shard", "x"]) == 1
+
+
+def _untrained_model(folder, backbone_name="whisper-tiny.en"):
+    """A real-backbone model folder with an untrained head (evaluation logic only)."""
+    import torch
+
+    from subspaces.backbones import load_backbone
+    from subspaces.model import SubspaceConfig, SubspaceModel
+
+    backbone = load_backbone(backbone_name)
+    torch.manual_seed(0)
+    model = SubspaceModel(SubspaceConfig(input_dim=backbone.width, num_layers=backbone.num_layers, layer="mix",
+                                         hidden=(32,), subspaces=(("speaker", 8), ("content", 8))))
+    model.fit_normalization(torch.randn(10, backbone.num_layers, backbone.width))
+    return model.save(folder, metadata={"backbone": backbone.name, "backbone_revision": backbone.revision})
+
+
+def test_evaluate_on_voxceleb1_and_speech_commands_layouts(tmp_path, capsys):
+    from conftest import write_tone
+
+    model = _untrained_model(tmp_path / "model")
+    vox = tmp_path / "voxceleb1"
+    utts = [(f"id1027{s}", f"vid{v}", f"0000{u}") for s in range(4) for v in range(2) for u in range(1, 3)]
+    for i, (speaker, video, utt) in enumerate(utts):
+        (vox / "wav" / speaker / video).mkdir(parents=True, exist_ok=True)
+        write_tone(vox / "wav" / speaker / video / f"{utt}.wav", 0.5, 16000, freq=100 + 30 * int(speaker[-1]), seed=i)
+    pairs = [(1, 0, 1), (1, 4, 6), (0, 0, 4), (0, 2, 9), (1, 8, 11), (0, 12, 3), (1, 13, 14), (0, 15, 1)]
+    (vox / "veri_test2.txt").write_text("".join(f"{label} {'/'.join(utts[a])}.wav {'/'.join(utts[b])}.wav\n"
+                                                for label, a, b in pairs))
+    assert main(["evaluate", "--model", str(model), "--corpus", f"voxceleb1:{vox}", "--trials",
+                 str(vox / "veri_test2.txt"), "--out", str(tmp_path / "vox-report")]) == 0
+    metrics = json.loads((tmp_path / "vox-report" / "metrics.json").read_text())
+    assert metrics["trials"] == {"total": 8, "targets": 4, "content_matched": 0}
+    assert "keyword" not in metrics["systems"]["ours: speaker subspace"]  # VoxCeleb has no content labels
+
+    sc = tmp_path / "speech_commands"
+    words, speakers = ["yes", "no", "left"], [f"{i:08x}" for i in range(6)]
+    for w, word in enumerate(words):
+        for s, speaker in enumerate(speakers):
+            (sc / word).mkdir(parents=True, exist_ok=True)
+            write_tone(sc / word / f"{speaker}_nohash_0.wav", 0.5, 16000, freq=150 + 80 * w, seed=s)
+    (sc / "validation_list.txt").write_text("")
+    (sc / "testing_list.txt").write_text("".join(f"{w}/{speakers[s]}_nohash_0.wav\n" for w in words for s in (4, 5)))
+    assert main(["evaluate", "--model", str(model), "--corpus", f"speech-commands-12:{sc}",
+                 "--out", str(tmp_path / "sc-report")]) == 0
+    keyword = json.loads((tmp_path / "sc-report" / "metrics.json").read_text())["systems"]["raw layer 2"]["keyword"]
+    assert len(keyword["folds"]) == 1  # the official split, not speaker folds
+    assert sum(map(sum, keyword["confusion"])) == 6  # the 6 clips of testing_list.txt
+    assert "| raw layer 0 |" in capsys.readouterr().out

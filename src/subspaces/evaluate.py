@@ -220,15 +220,19 @@ def evaluate_systems(
     """
     trials = (trials_from_list(table, trial_list) if trial_list is not None
               else make_trials(table, max_trials=max_trials, seed=seed))
+    contents = set(table["content"].astype(str)) - {""}
+    has_content = len(contents) >= 2
     results = {}
     for name, embeddings in systems.items():
         embeddings = np.asarray(embeddings, dtype=np.float64)
         if len(embeddings) != len(table):
             raise ValueError(f"system {name!r}: {len(embeddings)} embeddings for {len(table)} manifest rows")
-        entry = {"verification": verification(embeddings, trials), "keyword": keyword_probe(embeddings, table, seed=seed,
-                                                                                 official_split=official_split)}
-        if speaker_id_probe:
-            entry["speaker_id"] = speaker_probe(embeddings, table, seed=seed)
+        entry = {"verification": verification(embeddings, trials)}
+        # Probes need labelled content (VoxCeleb has none: content is "" throughout).
+        if has_content:
+            entry["keyword"] = keyword_probe(embeddings, table, seed=seed, official_split=official_split)
+            if speaker_id_probe:
+                entry["speaker_id"] = speaker_probe(embeddings, table, seed=seed)
         results[name] = entry
     return {"trials": {"total": len(trials), "targets": int(trials["target"].sum()),
                        "content_matched": int(trials["same_content"].sum())},
@@ -240,7 +244,7 @@ SUMMARY_METRICS = {
     "EER all": lambda e: e["verification"]["all"]["eer"],
     "EER matched": lambda e: e["verification"]["matched"]["eer"],
     "EER mismatched": lambda e: e["verification"]["mismatched"]["eer"],
-    "keyword acc": lambda e: e["keyword"]["accuracy"],
+    "keyword acc": lambda e: e.get("keyword", {}).get("accuracy"),
     "speaker-ID acc": lambda e: e.get("speaker_id", {}).get("accuracy"),
 }
 
@@ -286,6 +290,6 @@ def summary_table(results: dict) -> str:
         dcf = v["all"]["min_dcf_0.01"]
         lines.append(
             f"| {name} | {pct(v['all']['eer'])} | {pct(v['matched']['eer'])} | {pct(v['mismatched']['eer'])} | "
-            f"{'-' if dcf is None else f'{dcf:.3f}'} | {pct(entry['keyword']['accuracy'])} | "
+            f"{'-' if dcf is None else f'{dcf:.3f}'} | {pct(entry.get('keyword', {}).get('accuracy'))} | "
             f"{pct(entry.get('speaker_id', {}).get('accuracy'))} |")
     return "\n".join(lines)
