@@ -47,6 +47,12 @@ LEVERS = {
     "layer mix, layer lr x100": {"layer_lr_scale": 100.0},
     "layer mix per subspace, layer lr x100": {"layer": "mix-per-subspace", "layer_lr_scale": 100.0},
     "layer mix per subspace, layer lr x1000 (the demo default)": {"layer": "mix-per-subspace", "layer_lr_scale": 1000.0},
+    # Needs a grid made with channels clean + telephone (FSDD is 8 kHz telephone-band speech):
+    # python benchmarks/levers.py --demo DIR --levers "telephone channel as a nuisance ..." after
+    # run_demo(DIR, DemoRecipe(channels=("clean", "telephone"), ...)); see README.
+    "telephone channel as a nuisance (mix per subspace, layer lr x1000)": {
+        "layer": "mix-per-subspace", "layer_lr_scale": 1000.0, "nuisance": "channel",
+        "block": {"speaker": 16, "content": 8, "channel": 2}},
     "flite voices only": {"source": "flite"},
     "espeak-ng voices only": {"source": "espeak-ng"},
 }
