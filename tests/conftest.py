@@ -18,6 +18,15 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("SUBSPACES_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
 
 
+@pytest.fixture
+def one_thread():
+    """Tiny matrices: one thread is 10x faster than several fighting over a shared CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def tiny_whisper_encoder(seed: int = 0, layers: int = 2, width: int = 32, n_mels: int = 80):
     """A random-weight transformers WhisperEncoder small enough for unit tests."""
     from transformers import WhisperConfig

@@ -42,13 +42,7 @@ def planted_grid(speakers: int, texts: int, dim: int, layers: int = 1, seed: int
     return torch.tensor(np.stack(vectors), dtype=torch.float32), table
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny matrices: one thread is 10x faster than several fighting over a shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 SMALL = dict(hidden=(64,), subspaces={"speaker": 16, "content": 16}, block={"speaker": 4, "content": 8}, max_lr=3e-3)

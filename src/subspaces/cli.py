@@ -90,20 +90,18 @@ def _csv_list(text: str | None) -> list[str] | None:
 def cmd_synth(args: argparse.Namespace) -> int:
     """Synthesise an interventional grid (voices x texts [x channels]) into OUT_DIR."""
     from .grid import synthesize_grid
-    from .synth import load_voices, sample_voices
-    from .texts import load_texts
+    from .synth import load_voices, sample_voice_mix
+    from .texts import load_texts, sample_texts
 
     if args.voices:
         voices = load_voices(args.voices)
     else:
-        voices = (sample_voices("espeak-ng", args.espeak, seed=args.seed) if args.espeak else []) + (
-            sample_voices("flite", args.flite, seed=args.seed) if args.flite else [])
+        voices = sample_voice_mix(args.espeak, args.flite, seed=args.seed)
     if not voices:
         raise ValueError("no voices: give --voices BANK.json, or --espeak N and/or --flite N")
     texts = [text for name in args.texts for text in load_texts(name)]
-    if args.num_texts and args.num_texts < len(texts):
-        keep = np.sort(np.random.default_rng(args.seed).choice(len(texts), args.num_texts, replace=False))
-        texts = [texts[i] for i in keep]
+    if args.num_texts:
+        texts = sample_texts(texts, args.num_texts, seed=args.seed)
     table = synthesize_grid(
         voices, texts, args.out_dir, dense=not args.sparse, per_voice=args.per_voice,
         min_per_text=args.min_per_text, val_voices=args.val_voices, val_texts=args.val_texts,
@@ -119,10 +117,9 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 def cmd_voices(args: argparse.Namespace) -> int:
     """Sample a reproducible voice bank (JSON) to reuse across grids."""
-    from .synth import sample_voices, save_voices
+    from .synth import sample_voice_mix, save_voices
 
-    voices = (sample_voices("espeak-ng", args.espeak, seed=args.seed) if args.espeak else []) + (
-        sample_voices("flite", args.flite, seed=args.seed) if args.flite else [])
+    voices = sample_voice_mix(args.espeak, args.flite, seed=args.seed)
     save_voices(voices, args.out)
     print(f"wrote {len(voices)} voices to {args.out}")
     return 0
@@ -251,14 +248,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_embed(args: argparse.Namespace) -> int:
     """Embed audio files with a trained model: one vector per file and subspace."""
-    from .audio import AudioError, load_audio
+    from .audio import AudioError
     from .inference import load_model
 
     encoder = load_model(args.model, allow_download=args.allow_download)
-    files, readable, failed = _audio_files(args.inputs), [], []
-    for path in files:
+    readable, waves, failed = [], [], []
+    for path in _audio_files(args.inputs):
         try:
-            load_audio(path, encoder.backbone.sample_rate, min_samples=encoder.backbone.min_samples)
+            waves.append(encoder.read(path))  # decoded once, here; embed takes the arrays
             readable.append(path)
         except AudioError as error:
             failed.append(str(error))
@@ -267,7 +264,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
     if not readable:
         print("error: no file could be read", file=sys.stderr)
         return 1
-    vectors = encoder.embed(readable, batch_size=args.batch_size)
+    vectors = encoder.embed(waves, batch_size=args.batch_size)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix == ".parquet":

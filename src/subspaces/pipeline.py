@@ -36,8 +36,8 @@ from .grid import synthesize_grid
 from .manifest import read_manifest, write_manifest
 from .model import SubspaceModel
 from .report import write_report
-from .synth import sample_voices
-from .texts import load_texts
+from .synth import sample_voice_mix
+from .texts import load_texts, sample_texts
 from .train import TrainConfig, train
 
 __all__ = ["DemoRecipe", "calibrate_model", "embed_features", "evaluate_model", "run_demo"]
@@ -107,12 +107,8 @@ def run_demo(out_dir: str | Path, recipe: DemoRecipe = DemoRecipe()) -> dict:
     timings = {}
 
     started = _stage("1/4 synthesising the interventional grid")
-    voices = (sample_voices("espeak-ng", recipe.espeak_voices, seed=recipe.seed)
-              + sample_voices("flite", recipe.flite_voices, seed=recipe.seed))
-    rng = np.random.default_rng(recipe.seed)
-    all_texts = load_texts(recipe.texts)
-    texts = [all_texts[i] for i in sorted(rng.choice(len(all_texts), size=min(recipe.num_texts, len(all_texts)),
-                                                     replace=False))]
+    voices = sample_voice_mix(recipe.espeak_voices, recipe.flite_voices, seed=recipe.seed)
+    texts = sample_texts(load_texts(recipe.texts), recipe.num_texts, seed=recipe.seed)
     synthesize_grid(voices, texts, out / "grid", val_voices=recipe.val_voices, val_texts=recipe.val_texts,
                     seed=recipe.seed, channels=list(recipe.channels), keep_mixed=False)
     timings["synth_s"] = time.perf_counter() - started
@@ -214,7 +210,7 @@ def calibrate_model(
     from .manifest import audio_paths
 
     encoder = load_model(model_dir)
-    vectors = encoder.embed(audio_paths(corpus) if "root" in corpus.attrs else [Path(p) for p in corpus["path"]])
+    vectors = encoder.embed(audio_paths(corpus))
     if subspace not in vectors:
         raise ValueError(f"{model_dir}: no subspace {subspace!r}; it has {', '.join(vectors)}")
     trials = make_trials(corpus, max_trials=max_trials, seed=seed)

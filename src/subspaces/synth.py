@@ -44,6 +44,7 @@ import soundfile as sf
 from subspaces.atomic import write_text_atomic
 
 __all__ = [
+    "sample_voice_mix",
     "ENGINES",
     "EngineNotInstalled",
     "SynthError",
@@ -414,6 +415,16 @@ def sample_voices(engine: str, n: int, seed: int = 0, *, variants: Sequence[str]
             seen.add(voice.speaker)
             voices.append(voice)
     return voices
+
+
+def sample_voice_mix(espeak: int = 0, flite: int = 0, seed: int = 0) -> list[Voice]:
+    """`espeak` espeak-ng voices then `flite` flite voices, each sampled with `seed`.
+
+    >>> [v.engine for v in sample_voice_mix(espeak=1, flite=1)]
+    ['espeak-ng', 'flite']
+    """
+    return ((sample_voices("espeak-ng", espeak, seed=seed) if espeak else [])
+            + (sample_voices("flite", flite, seed=seed) if flite else []))
 
 
 def save_voices(voices: Sequence[Voice], path: str | Path) -> None:

@@ -25,8 +25,12 @@ import re
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Sequence
+
+import numpy as np
 
 __all__ = [
+    "sample_texts",
     "DEFAULT_TEXT_SET",
     "FORBIDDEN_WORDS",
     "TEXT_SETS",
@@ -156,3 +160,15 @@ def load_texts(name_or_path: str | Path) -> list[Text]:
     except UnicodeDecodeError as error:
         raise TextError(f"{path}: not UTF-8 text ({error})") from error
     return _read_lines(lines, str(path))
+
+
+def sample_texts(texts: Sequence[Text], n: int, seed: int = 0) -> list[Text]:
+    """A seeded random subset of `n` texts, kept in their original order (all if n >= len).
+
+    >>> [t.id for t in sample_texts(load_texts("keywords"), 3, seed=0)] == [t.id for t in sample_texts(load_texts("keywords"), 3, seed=0)]
+    True
+    """
+    if n >= len(texts):
+        return list(texts)
+    keep = np.sort(np.random.default_rng(seed).choice(len(texts), n, replace=False))
+    return [texts[i] for i in keep]
