@@ -2,8 +2,9 @@
 
 Each clip is the full pipeline: synthesis, resampling to 16 kHz, trimming, loudness
 normalisation and an atomic FLAC write. The target for espeak-ng and flite is >= 50 clips/s.
+Kokoro and Piper run in-process with onnxruntime, one thread per worker.
 
-    python benchmarks/bench_synth.py [--voices 8] [--texts 25] [--workers 2]
+    python benchmarks/bench_synth.py [--voices 8] [--texts 25] [--workers 2] [--engines kokoro piper]
 """
 
 from __future__ import annotations
@@ -23,13 +24,14 @@ def main() -> None:
     parser.add_argument("--voices", type=int, default=8)
     parser.add_argument("--texts", type=int, default=25)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--engines", nargs="+", default=["espeak-ng", "flite", "kokoro", "piper"])
     args = parser.parse_args()
     words = load_texts("words")[: args.texts // 2 + args.texts % 2]
     sentences = load_texts("sentences")[: args.texts // 2]
     texts = words + sentences
     print(f"{args.voices} voices x {len(texts)} texts ({len(words)} words, {len(sentences)} sentences), "
           f"{args.workers} workers")
-    for engine in ("espeak-ng", "flite"):
+    for engine in args.engines:
         voices = sample_voices(engine, args.voices, seed=0)
         with tempfile.TemporaryDirectory() as folder:
             start = time.perf_counter()

@@ -53,8 +53,31 @@ LEVERS = {
     "telephone channel as a nuisance (mix per subspace, layer lr x1000)": {
         "layer": "mix-per-subspace", "layer_lr_scale": 1000.0, "nuisance": "channel",
         "block": {"speaker": 16, "content": 8, "channel": 2}},
-    "flite voices only": {"source": "flite"},
-    "espeak-ng voices only": {"source": "espeak-ng"},
+    "layer per subspace (speaker 0, content 3)": {"layer": {"speaker": 0, "content": 3}},
+    "layer per subspace (speaker 0, content 5)": {"layer": {"speaker": 0, "content": 5}},
+    "flite voices only": {"sources": ("flite",)},
+    "espeak-ng voices only": {"sources": ("espeak-ng",)},
+}
+
+# Which voices to train on, on a grid of all four engines (with mean+std features), each a
+# change to the demo's recipe (layer mix per subspace, layer lr x1000). Make the grid with
+#   run_demo(DIR, DemoRecipe(kokoro_voices=48, piper_voices=16, train=... pooling="mean+std"))
+# or benchmarks/make_grid.py; engines left out of training are scored as held-out voices.
+DEMO = DemoRecipe().train
+VOICE_LEVERS = {
+    "espeak-ng + flite (the old demo)": {"sources": ("espeak-ng", "flite")},
+    "kokoro only": {"sources": ("kokoro",)},
+    "kokoro + piper": {"sources": ("kokoro", "piper")},
+    "flite + kokoro + piper (no espeak-ng)": {"sources": ("flite", "kokoro", "piper")},
+    "espeak-ng + flite + kokoro (piper held out)": {"sources": ("espeak-ng", "flite", "kokoro")},
+    "espeak-ng + flite + piper (kokoro held out)": {"sources": ("espeak-ng", "flite", "piper")},
+    "espeak-ng + kokoro + piper (flite held out)": {"sources": ("espeak-ng", "kokoro", "piper")},
+    "all four engines": {"sources": ("espeak-ng", "flite", "kokoro", "piper")},
+    "all four engines, layer per subspace (speaker 0, content 3)": {
+        "sources": ("espeak-ng", "flite", "kokoro", "piper"), "layer": {"speaker": 0, "content": 3}},
+    "all four engines, mean+std pooling": {"sources": ("espeak-ng", "flite", "kokoro", "piper"), "pooling": "mean+std"},
+    "all four engines, 32 voices x 8 words per batch": {
+        "sources": ("espeak-ng", "flite", "kokoro", "piper"), "block": {"speaker": 32, "content": 8}},
 }
 
 
@@ -71,49 +94,77 @@ def score(model_dir: Path, features: torch.Tensor, table, trials) -> dict:
     }
 
 
+def held_out_eer(model_dir: Path, features: torch.Tensor, table, seed: int) -> float:
+    """Speaker EER of the speaker subspace on grid voices of engines the model never heard."""
+    ours = embed_features(SubspaceModel.load(model_dir), features)
+    trials = make_trials(table, max_trials=100_000, seed=seed)
+    return verification(ours["speaker"], trials)["all"]["eer"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--demo", default="runs/demo", help="a finished `subspaces demo` folder")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--study", choices=("training", "voices"), default="training",
+                        help="training: changes to the paper's recipe; voices: which engines to train on "
+                             "(needs a grid of all four engines)")
     parser.add_argument("--levers", nargs="*", help="subset of lever names (default: all)")
     args = parser.parse_args()
+    levers, base = (LEVERS, BASE) if args.study == "training" else (VOICE_LEVERS, DEMO)
     demo = Path(args.demo)
     grid = read_manifest(demo / "grid" / "manifest.csv")
     fsdd = read_manifest(demo / "fsdd" / "manifest.csv")
-    grid_features = load_features(demo / "features-grid", grid)
-    fsdd_features = load_features(demo / "features-fsdd", fsdd)
-    trials = make_trials(fsdd)
+    features: dict[tuple[str, str], torch.Tensor] = {}
 
-    raw = {layer: verification(fsdd_features[:, layer].numpy(), trials)["all"]["eer"]
-           for layer in range(fsdd_features.shape[1])}
+    def load(which: str, pooling: str) -> torch.Tensor:
+        if (which, pooling) not in features:
+            table = grid if which == "grid" else fsdd
+            features[which, pooling] = load_features(demo / f"features-{which}", table, pooling=pooling)
+        return features[which, pooling]
+
+    trials = make_trials(fsdd)
+    raw_fsdd = load("fsdd", "mean")
+    raw = {layer: verification(raw_fsdd[:, layer].numpy(), trials)["all"]["eer"] for layer in range(raw_fsdd.shape[1])}
     best = min(raw, key=raw.get)
     print(f"FSDD {len(fsdd)} clips, {len(trials):,} trials; raw whisper layers EER %: "
           + ", ".join(f"{k}:{100 * v:.1f}" for k, v in raw.items()) + f" (best: layer {best})")
+    print(f"grid: {len(grid)} clips of {grid['speaker'].nunique()} voices; engines "
+          + ", ".join(f"{k} {v}" for k, v in grid.groupby("source")["speaker"].nunique().items()))
     keys = ["eer_all", "eer_matched", "eer_mismatched", "digit_probe", "leak_content_eer", "leak_speaker_digit"]
     print("| lever | spk EER all | matched | mismatched | content digit probe | content-subspace spk EER | "
-          "speaker-subspace digit probe | s/run |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
-    for name, changes in LEVERS.items():
+          "speaker-subspace digit probe | held-out engines' spk EER | s/run |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for name, changes in levers.items():
         if args.levers and name not in args.levers:
             continue
         runs, started = [], time.perf_counter()
         changes = dict(changes)
-        rows = np.ones(len(grid), dtype=bool)
-        if "source" in changes:  # train on one engine's voices only
-            rows = (grid["source"] == changes.pop("source")).to_numpy()
-        table, features = grid[rows].reset_index(drop=True), grid_features[torch.from_numpy(rows.copy())]
+        sources = changes.pop("sources", None)
+        heard = grid["source"].isin(sources).to_numpy() if sources else np.ones(len(grid), dtype=bool)
+        # Train on the chosen engines' training rows; validate (choose the best step) on every
+        # held-out voice x held-out word, whatever its engine: those rows are never trained on.
+        rows = (heard & (grid["split"] == "train").to_numpy()) | (grid["split"] == "val").to_numpy()
+        pooling = changes.get("pooling", base.pooling)
+        grid_features = load("grid", pooling)
+        table, train_features = grid[rows].reset_index(drop=True), grid_features[torch.from_numpy(rows.copy())]
+        unseen = grid[~heard].reset_index(drop=True)
+        unseen_features = grid_features[torch.from_numpy(~heard)]
+        held_out = []
         for seed in args.seeds:
-            config = dataclasses.replace(BASE, seed=seed, **changes)
-            if "source" in LEVERS[name]:  # half the voices: a 16-voice block would not fit
+            config = dataclasses.replace(base, seed=seed, **changes)
+            if table.loc[table["split"] == "train", "speaker"].nunique() < 2 * config.block["speaker"]:  # too few voices
                 config = dataclasses.replace(config, block={"speaker": 8, "content": 16})
             with tempfile.TemporaryDirectory() as out:
-                train(features, table, config, out, metadata={"backbone": "lever-study"})
-                runs.append(score(Path(out), fsdd_features, fsdd, trials))
+                train(train_features, table, config, out, metadata={"backbone": "lever-study"})
+                runs.append(score(Path(out), load("fsdd", pooling), fsdd, trials))
+                if len(unseen):
+                    held_out.append(held_out_eer(Path(out), unseen_features, unseen, seed))
         per_run = (time.perf_counter() - started) / len(args.seeds)
         cells = []
         for key in keys:
             values = 100 * np.array([r[key] for r in runs])
             cells.append(f"{values.mean():.1f} +- {values.std():.1f}")
+        cells.append(f"{100 * np.mean(held_out):.1f} +- {100 * np.std(held_out):.1f}" if held_out else "-")
         print(f"| {name} | " + " | ".join(cells) + f" | {per_run:.0f} |", flush=True)
 
 

@@ -33,3 +33,14 @@ def test_encode_writes_pooled_layers_and_reports_bad_files(tmp_path, capsys):
 def test_unknown_backbone_is_an_error_not_a_crash(capsys):
     assert main(["encode", str(FSDD / "1_nicolas_3.wav"), "--backbone", "not-a-model"]) == 1
     assert "error: 'not-a-model' is not a local folder" in capsys.readouterr().err
+
+
+def test_voices_writes_a_bank_with_kokoro_styles_and_synth_uses_it(tmp_path, capsys):
+    bank = tmp_path / "bank" / "voices.json"
+    assert main(["voices", str(bank), "--kokoro", "2", "--piper", "1", "--flite", "1"]) == 0
+    assert "and 2 Kokoro style tensors" in capsys.readouterr().out
+    assert len(list((tmp_path / "bank" / "styles").glob("kokoro-*.npy"))) == 2
+    assert main(["synth", str(tmp_path / "grid"), "--voices", str(bank), "--texts", "keywords", "--num-texts", "2"]) == 0
+    assert "8 clips from 4 voices x 2 texts" in capsys.readouterr().out
+    assert main(["voices", str(tmp_path / "empty.json")]) == 1
+    assert "no voices asked for" in capsys.readouterr().err

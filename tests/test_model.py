@@ -141,3 +141,36 @@ def test_mix_per_subspace_has_its_own_layer_weights_and_trunk(tmp_path):
     loaded = SubspaceModel.load(model.save(tmp_path / "m"))
     for name, value in loaded(features).items():
         torch.testing.assert_close(value, before[name])
+
+
+def test_a_fixed_layer_per_subspace_reads_only_that_layer(tmp_path):
+    config = SubspaceConfig(input_dim=6, num_layers=4, layer={"content": 2, "speaker": 0}, hidden=(8,),
+                            subspaces=(("speaker", 3), ("content", 5)))
+    assert config.layer == (("speaker", 0), ("content", 2))  # put in subspace order
+    model = SubspaceModel(config)
+    assert model.layer_weights.tolist() == [[1, 0, 0, 0], [0, 0, 1, 0]]
+    features = torch.randn(7, 4, 6)
+    changed = features.clone()
+    changed[:, 1] += 10.0  # a layer neither subspace reads
+    changed_content = features.clone()
+    changed_content[:, 2] += 10.0
+    before = model(features)
+    torch.testing.assert_close(model(changed)["speaker"], before["speaker"])
+    torch.testing.assert_close(model(changed)["content"], before["content"])
+    torch.testing.assert_close(model(changed_content)["speaker"], before["speaker"])
+    assert not torch.allclose(model(changed_content)["content"], before["content"])
+    folder = model.save(tmp_path / "m")
+    assert json.loads((folder / "config.json").read_text())["config"]["layer"] == {"speaker": 0, "content": 2}
+    loaded = SubspaceModel.load(folder)
+    assert loaded.config == config
+    for name, value in loaded(features).items():
+        torch.testing.assert_close(value, before[name])
+
+
+def test_a_layer_per_subspace_must_name_every_subspace_in_range():
+    with pytest.raises(ModelError, match=r"must name each of \['speaker', 'content'\]"):
+        small(layer={"speaker": 0})
+    with pytest.raises(ModelError, match=r"layer\(s\) \[5\] out of range"):
+        small(layer={"speaker": 0, "content": 5})
+    with pytest.raises(ModelError, match="mapping of subspace name to layer index"):
+        small(layer={"speaker": "first", "content": 1})

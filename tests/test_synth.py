@@ -151,7 +151,7 @@ def test_unknown_voices_give_clear_errors():
         Voice("espeak-ng", {"speed": 100})
     with pytest.raises(VoiceError, match=r"flite voice 'bob' is unknown; choose one of kal, kal16, awb, rms, slt"):
         Voice("flite", {"voice": "bob"})
-    with pytest.raises(VoiceError, match=r"unknown TTS engine 'festival'; choose one of espeak-ng, flite, command"):
+    with pytest.raises(VoiceError, match=r"unknown TTS engine 'festival'; choose one of espeak-ng, flite, kokoro, piper, command"):
         Voice("festival", {})
     with pytest.raises(VoiceError, match="file name"):
         Voice("flite", {"voice": "slt"}, speaker="a/b")

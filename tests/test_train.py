@@ -132,6 +132,22 @@ def test_nuisance_and_residual_and_layer_mix(tmp_path):
     assert "speaker/speaker_eer" in pd.read_csv(folder / "val_log.csv").columns
 
 
+def test_a_layer_per_subspace_from_a_recipe_trains(tmp_path):
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text("steps = 4\nval_every = 2\ncheckpoint_every = 2\nhidden = [16]\n"
+                      "[subspaces]\nspeaker = 8\ncontent = 8\n[block]\nspeaker = 2\ncontent = 4\n"
+                      "[layer]\nspeaker = 0\ncontent = 2\n")
+    config = load_recipe(recipe)
+    write_recipe(config, tmp_path / "again.toml")
+    assert load_recipe(tmp_path / "again.toml") == config
+    features, table = planted_grid(speakers=6, texts=6, dim=8, layers=3, val_speakers=2)
+    model = SubspaceModel.load(train(features, table, config, tmp_path / "run"))
+    assert model.config.layer == (("speaker", 0), ("content", 2))
+    recipe.write_text('[layer]\nspeaker = "first"\n')
+    with pytest.raises(TrainError, match="or a table of integers"):
+        load_recipe(recipe)
+
+
 RUNNER = r"""
 import sys, time, torch
 torch.set_num_threads(1)

@@ -96,9 +96,9 @@ def cmd_synth(args: argparse.Namespace) -> int:
     if args.voices:
         voices = load_voices(args.voices)
     else:
-        voices = sample_voice_mix(args.espeak, args.flite, seed=args.seed)
+        voices = sample_voice_mix(args.espeak, args.flite, seed=args.seed, kokoro=args.kokoro, piper=args.piper)
     if not voices:
-        raise ValueError("no voices: give --voices BANK.json, or --espeak N and/or --flite N")
+        raise ValueError("no voices: give --voices BANK.json, or --espeak/--flite/--kokoro/--piper N")
     texts = [text for name in args.texts for text in load_texts(name)]
     if args.num_texts:
         texts = sample_texts(texts, args.num_texts, seed=args.seed)
@@ -119,9 +119,13 @@ def cmd_voices(args: argparse.Namespace) -> int:
     """Sample a reproducible voice bank (JSON) to reuse across grids."""
     from .synth import sample_voice_mix, save_voices
 
-    voices = sample_voice_mix(args.espeak, args.flite, seed=args.seed)
+    voices = sample_voice_mix(args.espeak, args.flite, seed=args.seed, kokoro=args.kokoro, piper=args.piper)
+    if not voices:
+        raise ValueError("no voices asked for: give --espeak/--flite/--kokoro/--piper N")
     save_voices(voices, args.out)
-    print(f"wrote {len(voices)} voices to {args.out}")
+    styles = sum(v.engine == "kokoro" for v in voices)
+    print(f"wrote {len(voices)} voices to {args.out}"
+          + (f" (and {styles} Kokoro style tensors in {Path(args.out).parent / 'styles'})" if styles else ""))
     return 0
 
 
@@ -357,14 +361,18 @@ def build_parser() -> argparse.ArgumentParser:
     voices.add_argument("out", help="voice bank .json to write")
     voices.add_argument("--espeak", type=int, default=0, help="espeak-ng voices to sample")
     voices.add_argument("--flite", type=int, default=0, help="flite voices to sample")
+    voices.add_argument("--kokoro", type=int, default=0, help="Kokoro voices to sample (mixes of its 5 styles)")
+    voices.add_argument("--piper", type=int, default=0, help="Piper voices to sample (warped en_US-joe-medium)")
     voices.add_argument("--seed", type=int, default=0)
     voices.set_defaults(func=cmd_voices)
 
     synth = verbs.add_parser("synth", help="synthesise an interventional voices x texts grid", description=cmd_synth.__doc__)
     synth.add_argument("out_dir")
-    synth.add_argument("--voices", help="voice bank .json (else sample with --espeak/--flite)")
+    synth.add_argument("--voices", help="voice bank .json (else sample with --espeak/--flite/--kokoro/--piper)")
     synth.add_argument("--espeak", type=int, default=0)
     synth.add_argument("--flite", type=int, default=0)
+    synth.add_argument("--kokoro", type=int, default=0)
+    synth.add_argument("--piper", type=int, default=0)
     synth.add_argument("--texts", nargs="+", default=["sentences"],
                        help="built-in sets (keywords, words, sentences) or text files, one text per line")
     synth.add_argument("--num-texts", type=int, default=0, help="keep a seeded random subset of this many texts")

@@ -7,8 +7,9 @@ layers, D the pooled width; D is twice the backbone width for "mean+std" pooling
    deviation, per layer and per dimension (buffers fitted by `fit_normalization`, saved
    with the weights);
 2. layer selection: one layer, or "mix", a softmax-weighted sum of all layers with one
-   learned weight per layer (as s3prl's featurizer does), or "mix-per-subspace": each
-   subspace its own layer mix and its own MLP trunk;
+   learned weight per layer (as s3prl's featurizer does), "mix-per-subspace": each
+   subspace its own layer mix and its own MLP trunk, or a fixed layer per subspace
+   (`{"speaker": 0, "content": 3}`), each with its own MLP trunk;
 3. an MLP trunk: `input -> hidden[0] -> ... -> hidden[-1] -> output`, GELU between linear
    layers. The paper's "MLP 768-768-768-768" is read as three hidden layers of 768 and an
    output of 768 (= 384 speaker + 384 content): four linear layers in all;
@@ -70,7 +71,9 @@ class SubspaceConfig:
 
     input_dim: width of the pooled features as they arrive (2 x backbone width for "mean+std").
     num_layers: how many backbone layers the features carry (the L of [B, L, D]).
-    layer: an index into those layers (negative counts from the end) or "mix".
+    layer: an index into those layers (negative counts from the end), "mix",
+        "mix-per-subspace", or one index per subspace (`{"speaker": 0, "content": 3}`,
+        stored as name-index pairs; every subspace, the residual too, needs one).
     pooling: how the features were pooled over time, "mean" or "mean+std" (recorded so
         that inference pools the same way; the model itself receives pooled features).
     hidden: sizes of the hidden layers; the output layer's size is the sum of subspace sizes.
@@ -84,7 +87,7 @@ class SubspaceConfig:
 
     input_dim: int
     num_layers: int = 1
-    layer: int | str = LAYER_MIX
+    layer: int | str | tuple[tuple[str, int], ...] = LAYER_MIX
     pooling: str = "mean"
     hidden: tuple[int, ...] = (768, 768, 768)
     subspaces: tuple[tuple[str, int], ...] = (("speaker", 384), ("content", 384))
@@ -99,7 +102,23 @@ class SubspaceConfig:
             raise ModelError(f"input_dim must be a positive integer, got {self.input_dim}")
         if self.num_layers < 1:
             raise ModelError(f"num_layers must be a positive integer, got {self.num_layers}")
-        if isinstance(self.layer, str):
+        if isinstance(self.layer, (Mapping, list, tuple)):
+            pairs = self.layer.items() if isinstance(self.layer, Mapping) else self.layer
+            try:
+                layer = tuple((str(name), int(index)) for name, index in pairs)
+            except (TypeError, ValueError):
+                raise ModelError(f"a layer per subspace is a mapping of subspace name to layer index, got {self.layer!r}") from None
+            object.__setattr__(self, "layer", layer)
+        if isinstance(self.layer, tuple):
+            names = list(self.sizes)
+            if sorted(name for name, _ in self.layer) != sorted(names):
+                raise ModelError(f"a layer per subspace must name each of {names} once, got {dict(self.layer)}")
+            bad = [index for _, index in self.layer if not -self.num_layers <= index < self.num_layers]
+            if bad:
+                raise ModelError(f"layer(s) {bad} out of range for features with {self.num_layers} layer(s)")
+            order = dict(self.layer)
+            object.__setattr__(self, "layer", tuple((name, order[name]) for name in names))
+        elif isinstance(self.layer, str):
             if self.layer not in (LAYER_MIX, LAYER_MIX_EACH):
                 raise ModelError(
                     f"layer must be an integer index, {LAYER_MIX!r} or {LAYER_MIX_EACH!r}, got {self.layer!r}")
@@ -125,6 +144,11 @@ class SubspaceConfig:
             raise ModelError(f"dropout must be in [0, 1), got {self.dropout}")
 
     @property
+    def per_subspace(self) -> bool:
+        """Whether each subspace has its own layer choice and MLP trunk."""
+        return self.layer == LAYER_MIX_EACH or isinstance(self.layer, tuple)
+
+    @property
     def sizes(self) -> dict[str, int]:
         """Subspace name -> size, in output order, the residual last when present."""
         sizes = dict(self.subspaces)
@@ -140,6 +164,8 @@ class SubspaceConfig:
         data = asdict(self)
         data["hidden"] = list(self.hidden)
         data["subspaces"] = [[name, size] for name, size in self.subspaces]
+        if isinstance(self.layer, tuple):
+            data["layer"] = dict(self.layer)
         return data
 
     @classmethod
@@ -173,6 +199,7 @@ class SubspaceModel(nn.Module):
             self.layer_logits = nn.Parameter(torch.zeros(config.num_layers))
         if config.layer == LAYER_MIX_EACH:
             self.layer_logits = nn.Parameter(torch.zeros(len(config.sizes), config.num_layers))
+        if config.per_subspace:
             self.trunks = nn.ModuleList(self._mlp(size) for size in config.sizes.values())
         else:
             self.trunk = self._mlp(config.output_dim)
@@ -193,6 +220,11 @@ class SubspaceModel(nn.Module):
         `float[S, L]`, one row per subspace in output order, for "mix-per-subspace"."""
         if self.config.layer in (LAYER_MIX, LAYER_MIX_EACH):
             return torch.softmax(self.layer_logits, dim=-1)
+        if isinstance(self.config.layer, tuple):
+            weights = torch.zeros(len(self.config.layer), self.config.num_layers, device=self.input_mean.device)
+            for row, (_, index) in enumerate(self.config.layer):
+                weights[row, index] = 1.0
+            return weights
         weights = torch.zeros(self.config.num_layers, device=self.input_mean.device)
         weights[self.config.layer] = 1.0
         return weights
@@ -215,6 +247,8 @@ class SubspaceModel(nn.Module):
             weights = torch.softmax(self.layer_logits, dim=1)
             return {name: trunk(torch.einsum("l,bld->bd", weights[k], x))
                     for k, (name, trunk) in enumerate(zip(self.config.sizes, self.trunks))}
+        if isinstance(self.config.layer, tuple):
+            return {name: trunk(x[:, index]) for (name, index), trunk in zip(self.config.layer, self.trunks)}
         if self.config.layer == LAYER_MIX:
             x = torch.einsum("l,bld->bd", torch.softmax(self.layer_logits, dim=0), x)
         else:

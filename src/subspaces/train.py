@@ -93,8 +93,9 @@ class TrainConfig:
     subspaces: factor column -> size of its subspace (the factor's contrast runs there).
     nuisance: a column (e.g. "channel") all subspaces must be invariant to; "" = none.
     block: column -> values per batch; must name every factor (and the nuisance if any).
-    layer: backbone layer index, "mix" (one learned layer mix) or "mix-per-subspace" (a
-        layer mix and an MLP trunk per subspace); pooling: "mean" or "mean+std" (as extracted).
+    layer: backbone layer index, "mix" (one learned layer mix), "mix-per-subspace" (a
+        layer mix and an MLP trunk per subspace) or a layer per subspace
+        (`{"speaker": 0, "content": 3}`, an MLP trunk each); pooling: "mean" or "mean+std" (as extracted).
     layer_lr_scale: the layer-mix weights learn at max_lr x this (they need far more
         than the MLP to leave uniform within a few hundred steps).
     select: which weights end in out_dir, "best" on validation or "last".
@@ -112,7 +113,7 @@ class TrainConfig:
     block: Mapping[str, int] = field(default_factory=lambda: {"speaker": 16, "content": 32})
     train_split: str = "train"
     val_split: str = "val"
-    layer: int | str = "mix"
+    layer: int | str | Mapping[str, int] = "mix"
     pooling: str = "mean"
     hidden: tuple[int, ...] = (768, 768, 768)
     dropout: float = 0.0
@@ -202,7 +203,7 @@ _FIELD_TYPES = {
     "residual": "an integer",
     "train_split": "a string",
     "val_split": "a string",
-    "layer": 'an integer, "mix" or "mix-per-subspace"',
+    "layer": 'an integer, "mix", "mix-per-subspace" or a table of integers',
     "pooling": "a string",
     "hidden": "a list of integers",
     "dropout": "a number",
@@ -236,7 +237,9 @@ def _has_type(value: Any, kind: str) -> bool:
         "a boolean": lambda: isinstance(value, bool),
         "a list of integers": lambda: isinstance(value, (list, tuple)) and all(is_int(v) for v in value),
         "a table of integers": lambda: isinstance(value, Mapping) and all(is_int(v) for v in value.values()),
-        'an integer, "mix" or "mix-per-subspace"': lambda: is_int(value) or value in ("mix", "mix-per-subspace"),
+        'an integer, "mix", "mix-per-subspace" or a table of integers': lambda: (
+            is_int(value) or value in ("mix", "mix-per-subspace")
+            or (isinstance(value, Mapping) and all(is_int(v) for v in value.values()))),
     }[kind]()
 
 
