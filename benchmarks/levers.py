@@ -8,6 +8,8 @@ probe). Prints mean +- std over seeds, with the best raw layer in the same run.
 
     subspaces demo --out runs/demo
     python benchmarks/levers.py --demo runs/demo --seeds 0 1 2
+    subspaces demo --recipe large --out runs/large
+    python benchmarks/levers.py --demo runs/large --study voices --seeds 0 1 2
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ LEVERS = {
     "layer mix per subspace": {"layer": "mix-per-subspace"},
     "layer mix, layer lr x100": {"layer_lr_scale": 100.0},
     "layer mix per subspace, layer lr x100": {"layer": "mix-per-subspace", "layer_lr_scale": 100.0},
-    "layer mix per subspace, layer lr x1000 (the demo default)": {"layer": "mix-per-subspace", "layer_lr_scale": 1000.0},
+    "layer mix per subspace, layer lr x1000 (the demo default until issue 8's second pass)": {"layer": "mix-per-subspace", "layer_lr_scale": 1000.0},
     # Needs a grid made with channels clean + telephone (FSDD is 8 kHz telephone-band speech):
     # python benchmarks/levers.py --demo DIR --levers "telephone channel as a nuisance ..." after
     # run_demo(DIR, DemoRecipe(channels=("clean", "telephone"), ...)); see README.
@@ -54,30 +56,35 @@ LEVERS = {
         "layer": "mix-per-subspace", "layer_lr_scale": 1000.0, "nuisance": "channel",
         "block": {"speaker": 16, "content": 8, "channel": 2}},
     "layer per subspace (speaker 0, content 3)": {"layer": {"speaker": 0, "content": 3}},
-    "layer per subspace (speaker 0, content 5)": {"layer": {"speaker": 0, "content": 5}},
+    "layer per subspace (speaker 0, content 5) (the demo default)": {"layer": {"speaker": 0, "content": 5}},
     "flite voices only": {"sources": ("flite",)},
     "espeak-ng voices only": {"sources": ("espeak-ng",)},
 }
 
-# Which voices to train on, on a grid of all four engines (with mean+std features), each a
-# change to the demo's recipe (layer mix per subspace, layer lr x1000). Make the grid with
-#   run_demo(DIR, DemoRecipe(kokoro_voices=48, piper_voices=16, train=... pooling="mean+std"))
-# or benchmarks/make_grid.py; engines left out of training are scored as held-out voices.
+# Which voices to train on, on the grid of all four engines that `subspaces demo --recipe
+# large --out DIR` makes (48 Kokoro + 9 Piper voices besides the demo's 32); each row is a
+# change to the demo's recipe. Engines left out of training are scored as held-out voices
+# (speaker EER of the speaker subspace on all their clips, a seeded sample of 100,000 pairs).
+#   python benchmarks/levers.py --demo DIR --study voices --seeds 0 1 2
 DEMO = DemoRecipe().train
+ALL = ("espeak-ng", "flite", "kokoro", "piper")
+PER_SUBSPACE = {"speaker": 0, "content": 5}
+MIX = {"layer": "mix-per-subspace", "layer_lr_scale": 1000.0}
 VOICE_LEVERS = {
-    "espeak-ng + flite (the old demo)": {"sources": ("espeak-ng", "flite")},
-    "kokoro only": {"sources": ("kokoro",)},
-    "kokoro + piper": {"sources": ("kokoro", "piper")},
-    "flite + kokoro + piper (no espeak-ng)": {"sources": ("flite", "kokoro", "piper")},
-    "espeak-ng + flite + kokoro (piper held out)": {"sources": ("espeak-ng", "flite", "kokoro")},
-    "espeak-ng + flite + piper (kokoro held out)": {"sources": ("espeak-ng", "flite", "piper")},
-    "espeak-ng + kokoro + piper (flite held out)": {"sources": ("espeak-ng", "kokoro", "piper")},
-    "all four engines": {"sources": ("espeak-ng", "flite", "kokoro", "piper")},
-    "all four engines, layer per subspace (speaker 0, content 3)": {
-        "sources": ("espeak-ng", "flite", "kokoro", "piper"), "layer": {"speaker": 0, "content": 3}},
-    "all four engines, mean+std pooling": {"sources": ("espeak-ng", "flite", "kokoro", "piper"), "pooling": "mean+std"},
-    "all four engines, 32 voices x 8 words per batch": {
-        "sources": ("espeak-ng", "flite", "kokoro", "piper"), "block": {"speaker": 32, "content": 8}},
+    "espeak-ng + flite, layer mix per subspace": {"sources": ("espeak-ng", "flite"), **MIX},
+    "espeak-ng + flite, layer per subspace (speaker 0, content 5)": {
+        "sources": ("espeak-ng", "flite"), "layer": PER_SUBSPACE},
+    "kokoro only, layer mix per subspace": {"sources": ("kokoro",), **MIX},
+    "kokoro + piper, layer mix per subspace": {"sources": ("kokoro", "piper"), **MIX},
+    "all four engines, layer mix per subspace": {"sources": ALL, **MIX},
+    "all four engines, layer per subspace (speaker 0, content 5)": {"sources": ALL, "layer": PER_SUBSPACE},
+    "all four engines, layer per subspace, mean+std pooling": {
+        "sources": ALL, "layer": PER_SUBSPACE, "pooling": "mean+std"},
+    "all four engines, layer per subspace, 32 voices x 8 words per batch": {
+        "sources": ALL, "layer": PER_SUBSPACE, "block": {"speaker": 32, "content": 8}},
+    "layer per subspace, piper held out": {"sources": ("espeak-ng", "flite", "kokoro"), "layer": PER_SUBSPACE},
+    "layer per subspace, kokoro held out": {"sources": ("espeak-ng", "flite", "piper"), "layer": PER_SUBSPACE},
+    "layer per subspace, flite held out": {"sources": ("espeak-ng", "kokoro", "piper"), "layer": PER_SUBSPACE},
 }
 
 

@@ -140,3 +140,18 @@ def test_evaluate_on_voxceleb1_and_speech_commands_layouts(tmp_path, capsys):
     assert len(keyword["folds"]) == 1  # the official split, not speaker folds
     assert sum(map(sum, keyword["confusion"])) == 6  # the 6 clips of testing_list.txt
     assert "| raw layer 0 |" in capsys.readouterr().out
+
+
+def test_large_recipe_adds_distinct_neural_voices_to_the_demo_voices():
+    from subspaces.pipeline import RECIPES
+    from subspaces.synth import sample_voice_mix
+
+    def voices(recipe):
+        return sample_voice_mix(recipe.espeak_voices, recipe.flite_voices, seed=recipe.seed,
+                                kokoro=recipe.kokoro_voices, piper=recipe.piper_voices)
+
+    demo, large = voices(RECIPES["demo"]), voices(RECIPES["large"])
+    engines = [v.engine for v in large]
+    assert {e: engines.count(e) for e in set(engines)} == {"espeak-ng": 16, "flite": 16, "kokoro": 48, "piper": 9}
+    assert large[:32] == demo  # the large grid reuses the demo's voices and adds to them
+    assert len({v.speaker for v in large}) == len(large)

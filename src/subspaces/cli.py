@@ -242,10 +242,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Run the whole default pipeline offline: synthesise, extract, train, evaluate on FSDD."""
-    from .pipeline import run_demo
+    from .pipeline import RECIPES, run_demo
 
     started = time.perf_counter()
-    run_demo(args.out)
+    run_demo(args.out, RECIPES[args.recipe])
     print(f"[demo] finished in {time.perf_counter() - started:.0f} s")
     return 0
 
@@ -355,6 +355,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo = verbs.add_parser("demo", help="the whole default pipeline offline (synth, extract, train, evaluate)",
                             description=cmd_demo.__doc__)
     demo.add_argument("--out", default="runs/demo", help="output folder; a rerun reuses finished stages")
+    demo.add_argument("--recipe", choices=("demo", "large"), default="demo",
+                      help="demo: espeak-ng + flite voices, minutes; large: + 48 Kokoro and 9 Piper voices (~30 min)")
     demo.set_defaults(func=cmd_demo)
 
     voices = verbs.add_parser("voices", help="sample a reproducible voice bank", description=cmd_voices.__doc__)
