@@ -62,7 +62,7 @@ LEVERS = {
 }
 
 # Which voices to train on, on the grid of all four engines that `subspaces demo --recipe
-# large --out DIR` makes (48 Kokoro + 9 Piper voices besides the demo's 32); each row is a
+# large --out DIR` makes (48 Kokoro + 9 Piper voices besides the demo's 80); each row is a
 # change to the demo's recipe. Engines left out of training are scored as held-out voices
 # (speaker EER of the speaker subspace on all their clips, a seeded sample of 100,000 pairs).
 #   python benchmarks/levers.py --demo DIR --study voices --seeds 0 1 2

@@ -152,6 +152,6 @@ def test_large_recipe_adds_distinct_neural_voices_to_the_demo_voices():
 
     demo, large = voices(RECIPES["demo"]), voices(RECIPES["large"])
     engines = [v.engine for v in large]
-    assert {e: engines.count(e) for e in set(engines)} == {"espeak-ng": 16, "flite": 16, "kokoro": 48, "piper": 9}
-    assert large[:32] == demo  # the large grid reuses the demo's voices and adds to them
+    assert {e: engines.count(e) for e in set(engines)} == {"espeak-ng": 48, "flite": 32, "kokoro": 48, "piper": 9}
+    assert large[:80] == demo  # the large grid reuses the demo's voices and adds to them
     assert len({v.speaker for v in large}) == len(large)
