@@ -217,7 +217,8 @@ class SubspaceModel(nn.Module):
     @property
     def layer_weights(self) -> torch.Tensor:
         """`float[L]`: how much each backbone layer contributes (one-hot for a single layer);
-        `float[S, L]`, one row per subspace in output order, for "mix-per-subspace"."""
+        `float[S, L]`, one row per subspace in output order, for "mix-per-subspace" or a
+        layer per subspace."""
         if self.config.layer in (LAYER_MIX, LAYER_MIX_EACH):
             return torch.softmax(self.layer_logits, dim=-1)
         if isinstance(self.config.layer, tuple):

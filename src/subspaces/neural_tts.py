@@ -211,6 +211,23 @@ def kokoro_style(params: Mapping[str, Any]) -> np.ndarray:
     return style.astype(np.float32)
 
 
+def _style_key(params: Mapping[str, Any]) -> tuple:
+    """What a voice's style tensor depends on: its weights, or its file and modification time."""
+    if "style_file" in params:
+        path = Path(params["style_file"])
+        return ("file", str(path), path.stat().st_mtime_ns if path.is_file() else -1)
+    return ("weights", tuple(params["weights"].items()))
+
+
+@lru_cache(maxsize=64)
+def _cached_style(key: tuple) -> np.ndarray:
+    # A grid speaks dozens of texts per voice: mix (or read) each voice's style once.
+    kind, *rest = key
+    style = kokoro_style({"style_file": rest[0]} if kind == "file" else {"weights": dict(rest[0])})
+    style.flags.writeable = False
+    return style
+
+
 def sample_kokoro_voice_params(n: int, seed: int = 0, *, extrapolate: float = 1.0, concentration: float = 0.5,
                                speeds: tuple[float, float] = (0.9, 1.1),
                                warps: tuple[float, float] = (1.0, 1.0)) -> list[dict[str, Any]]:
@@ -272,7 +289,7 @@ def kokoro_tokens(text: str) -> list[int]:
 def synthesize_kokoro(params: Mapping[str, Any], text: str) -> tuple[np.ndarray, int]:
     """Speak English `text` with a Kokoro voice: float32 waveform and sample rate (24 kHz)."""
     tokens = kokoro_tokens(text)
-    style = kokoro_style(params)[len(tokens) - 1]
+    style = _cached_style(_style_key(params))[len(tokens) - 1]
     audio = _kokoro_session().run(None, {
         "tokens": np.array([[0, *tokens, 0]], dtype=np.int64),
         "style": style.reshape(1, 256),

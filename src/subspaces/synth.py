@@ -329,7 +329,7 @@ def _default_speaker(engine: str, params: Mapping[str, Any]) -> str:
         speed = f"-s{params['speed']:g}" if params["speed"] != 1.0 else ""
         return f"kokoro-{base}{speed}{_warp_suffix(params)}"
     if engine == "piper":
-        parts = ["piper-" + (Path(params["model"]).stem.replace(".onnx", "") if "model" in params else "en_US-joe-medium")]
+        parts = ["piper-" + (Path(params["model"]).stem if "model" in params else "en_US-joe-medium")]
         parts += [f"{short}{params[name]:g}" for name, short in
                   (("speaker_id", "sp"), ("noise_scale", "n"), ("length_scale", "l"), ("noise_w", "w")) if name in params]
         return "-".join(parts) + _warp_suffix(params)
