@@ -23,6 +23,8 @@ loads the engine.
 
     SUBSPACES_CACHE=/tmp/sscache .venv/bin/python benchmarks/check_voices.py \\
         --engines kokoro piper espeak-ng flite --voices 12 --words 6 --seed 0 [--out DIR]
+    # Kokoro's distinctness / intelligibility trade-off:
+    python benchmarks/check_voices.py --engines kokoro --voices 10 --words 5 --extrapolate 2
 """
 
 from __future__ import annotations
@@ -222,6 +224,8 @@ def main() -> None:
     parser.add_argument("--voices", type=int, default=12, help="voices per engine (at least 2)")
     parser.add_argument("--words", type=int, default=6, help="words per voice (at least 2)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--extrapolate", type=float, default=1.0,
+                        help="Kokoro only: how far sampled mixes go beyond the shipped styles (0 = plain mixes)")
     parser.add_argument("--out", type=Path, help="keep the wavs here (default: a temporary folder)")
     parser.add_argument("--threads", type=int, default=1, help="threads for Resemblyzer and Whisper")
     args = parser.parse_args()
@@ -238,7 +242,7 @@ def main() -> None:
         out = args.out or Path(scratch)
         rows, notes = [], []
         for engine in args.engines:
-            voices = sample_voices(engine, args.voices, seed=args.seed)
+            voices = sample_voices(engine, args.voices, seed=args.seed, extrapolate=args.extrapolate)
             clips = synthesize_clips(voices, words, out / engine)
             embeddings = resemblyzer_embeddings(clips.paths, progress=False)
             distinct = distinctness(embeddings, clips.voice_of_clip, [v.speaker for v in voices])
