@@ -7,7 +7,8 @@ speaker-subspace EER (all / content-matched / mismatched), content-subspace digi
 probe). Prints mean +- std over seeds, with the best raw layer in the same run.
 
     subspaces demo --out runs/demo
-    python benchmarks/levers.py --demo runs/demo --seeds 0 1 2
+    python benchmarks/levers.py --demo runs/demo --seeds 0 1 2                  # the demo's training
+    python benchmarks/levers.py --demo runs/demo32 --study training --seeds 0 1 2  # the paper's recipe
     subspaces demo --recipe large --out runs/large
     python benchmarks/levers.py --demo runs/large --study voices --seeds 0 1 2
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import tempfile
 import time
 from pathlib import Path
@@ -23,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from subspaces.backbones import load_backbone
 from subspaces.evaluate import keyword_probe, make_trials, verification
 from subspaces.features import load_features
 from subspaces.manifest import read_manifest
@@ -30,9 +33,12 @@ from subspaces.model import SubspaceModel
 from subspaces.pipeline import DemoRecipe, embed_features
 from subspaces.train import train
 
-# Every lever is a change to the paper's recipe (one shared layer mix, everything at max
-# lr 1e-4) on the demo's grid and block shape; the demo default is one of the rows.
-BASE = dataclasses.replace(DemoRecipe().train, layer="mix", layer_lr_scale=1.0)
+# --study training: every lever is a change to the paper's recipe (one shared layer mix, an
+# MLP of three hidden layers of 768, everything at max lr 1e-4, random start) with the
+# demo's block shape. The README's table of it was measured on the 32-voice grid with
+# feature format 1.
+MLP = (768, 768, 768)
+BASE = dataclasses.replace(DemoRecipe().train, layer="mix", layer_lr_scale=1.0, hidden=MLP, lda_init={})
 LEVERS = {
     "paper default (one shared layer mix)": {},
     "layer 0 only": {"layer": 0},
@@ -56,9 +62,35 @@ LEVERS = {
         "layer": "mix-per-subspace", "layer_lr_scale": 1000.0, "nuisance": "channel",
         "block": {"speaker": 16, "content": 8, "channel": 2}},
     "layer per subspace (speaker 0, content 3)": {"layer": {"speaker": 0, "content": 3}},
-    "layer per subspace (speaker 0, content 5) (the demo default)": {"layer": {"speaker": 0, "content": 5}},
+    "layer per subspace (speaker 0, content 5), MLP each (the demo default of issue 8's second pass)": {
+        "layer": {"speaker": 0, "content": 5}},
     "flite voices only": {"sources": ("flite",)},
     "espeak-ng voices only": {"sources": ("espeak-ng",)},
+}
+
+# Issue 8's third pass, on feature format 2 (Whisper's layer 0 without its positional
+# table): each row is a change to the demo's training (a linear projection per subspace,
+# speaker from layer 0, content from layer 5, the speaker projection started as a
+# shrinkage LDA of the training voices) on the demo's own grid.
+#   python benchmarks/levers.py --demo runs/demo --study transfer --seeds 0 1 2
+RANDOM_START = {"lda_init": {}}
+TRANSFER_LEVERS = {
+    "paper recipe (one shared layer mix, MLP, random start)": {
+        "layer": "mix", "hidden": MLP, "lda_init": {}},
+    "layer per subspace, MLP each, random start (issue 8's second pass)": {"hidden": MLP, "lda_init": {}},
+    "linear, random start": RANDOM_START,
+    "linear, random start, layer 0 with the positional table (feature format 1)": {**RANDOM_START, "positions": True},
+    "**the demo: linear, LDA start for the speaker (shrinkage 0.01)**": {},
+    "LDA start for the speaker, no contrastive training": {
+        "steps": 2, "max_lr": 1e-9, "val_every": 0, "checkpoint_every": 0},
+    "LDA start, shrinkage 0.05": {"lda_init": {"speaker": 0.05}},
+    "LDA start, shrinkage 0.2": {"lda_init": {"speaker": 0.2}},
+    "LDA start for the speaker and the content (words as classes)": {"lda_init": {"speaker": 0.01, "content": 0.01}},
+    "LDA start, 32 speaker dimensions": {"subspaces": {"speaker": 32, "content": 384}},
+    "LDA start, 960 steps": {"steps": 960},
+    "LDA start, mean+std pooling": {"pooling": "mean+std"},
+    "LDA start, content layer 4": {"layer": {"speaker": 0, "content": 4}},
+    "LDA start, layer 0 with the positional table (feature format 1)": {"positions": True},
 }
 
 # Which voices to train on, on the grid of all four engines that `subspaces demo --recipe
@@ -66,26 +98,45 @@ LEVERS = {
 # change to the demo's recipe. Engines left out of training are scored as held-out voices
 # (speaker EER of the speaker subspace on all their clips, a seeded sample of 100,000 pairs).
 #   python benchmarks/levers.py --demo DIR --study voices --seeds 0 1 2
+# The rows marked "(format 1)" are the README's earlier table: issue 8's second pass (MLP
+# trunks, random start), measured with feature format 1 on a 32 + 57 voice grid.
 DEMO = DemoRecipe().train
 ALL = ("espeak-ng", "flite", "kokoro", "piper")
-PER_SUBSPACE = {"speaker": 0, "content": 5}
-MIX = {"layer": "mix-per-subspace", "layer_lr_scale": 1000.0}
+OLD = {"hidden": MLP, "lda_init": {}}
+MIX = {"layer": "mix-per-subspace", "layer_lr_scale": 1000.0, **OLD}
 VOICE_LEVERS = {
-    "espeak-ng + flite, layer mix per subspace": {"sources": ("espeak-ng", "flite"), **MIX},
-    "espeak-ng + flite, layer per subspace (speaker 0, content 5)": {
-        "sources": ("espeak-ng", "flite"), "layer": PER_SUBSPACE},
-    "kokoro only, layer mix per subspace": {"sources": ("kokoro",), **MIX},
-    "kokoro + piper, layer mix per subspace": {"sources": ("kokoro", "piper"), **MIX},
-    "all four engines, layer mix per subspace": {"sources": ALL, **MIX},
-    "all four engines, layer per subspace (speaker 0, content 5)": {"sources": ALL, "layer": PER_SUBSPACE},
-    "all four engines, layer per subspace, mean+std pooling": {
-        "sources": ALL, "layer": PER_SUBSPACE, "pooling": "mean+std"},
-    "all four engines, layer per subspace, 32 voices x 8 words per batch": {
-        "sources": ALL, "layer": PER_SUBSPACE, "block": {"speaker": 32, "content": 8}},
-    "layer per subspace, piper held out": {"sources": ("espeak-ng", "flite", "kokoro"), "layer": PER_SUBSPACE},
-    "layer per subspace, kokoro held out": {"sources": ("espeak-ng", "flite", "piper"), "layer": PER_SUBSPACE},
-    "layer per subspace, flite held out": {"sources": ("espeak-ng", "kokoro", "piper"), "layer": PER_SUBSPACE},
+    "espeak-ng + flite (the demo's training)": {"sources": ("espeak-ng", "flite")},
+    "kokoro + piper": {"sources": ("kokoro", "piper")},
+    "all four engines (the large recipe)": {"sources": ALL},
+    "all four engines, random start": {"sources": ALL, "lda_init": {}},
+    "kokoro held out": {"sources": ("espeak-ng", "flite", "piper")},
+    "flite held out": {"sources": ("espeak-ng", "kokoro", "piper")},
+    "piper held out": {"sources": ("espeak-ng", "flite", "kokoro")},
+    "espeak-ng + flite, layer mix per subspace (format 1)": {"sources": ("espeak-ng", "flite"), **MIX},
+    "espeak-ng + flite, layer per subspace, MLP (format 1)": {"sources": ("espeak-ng", "flite"), **OLD},
+    "kokoro only, layer mix per subspace (format 1)": {"sources": ("kokoro",), **MIX},
+    "kokoro + piper, layer mix per subspace (format 1)": {"sources": ("kokoro", "piper"), **MIX},
+    "all four engines, layer mix per subspace (format 1)": {"sources": ALL, **MIX},
+    "all four engines, layer per subspace, MLP (format 1)": {"sources": ALL, **OLD},
+    "all four engines, layer per subspace, MLP, mean+std pooling (format 1)": {
+        "sources": ALL, "pooling": "mean+std", **OLD},
+    "all four engines, layer per subspace, MLP, 32 voices x 8 words per batch (format 1)": {
+        "sources": ALL, "block": {"speaker": 32, "content": 8}, **OLD},
+    "layer per subspace, MLP, piper held out (format 1)": {"sources": ("espeak-ng", "flite", "kokoro"), **OLD},
+    "layer per subspace, MLP, kokoro held out (format 1)": {"sources": ("espeak-ng", "flite", "piper"), **OLD},
+    "layer per subspace, MLP, flite held out (format 1)": {"sources": ("espeak-ng", "kokoro", "piper"), **OLD},
 }
+
+
+def with_positions(features: torch.Tensor, table) -> torch.Tensor:
+    """Mean-pooled whisper-base features with layer 0 as transformers gives it: each clip's
+    mean of the positional table over its frames added back (feature format 2 leaves it out)."""
+    table_rows = load_backbone("whisper-base").encoder.embed_positions.weight.detach().float()
+    samples = np.round(table["duration_s"].to_numpy() * 16000).astype(int)
+    frames = torch.from_numpy((samples // 160 + 1) // 2)  # 100 mel frames/s, then conv stride 2
+    out = features.clone()
+    out[:, 0] += torch.cumsum(table_rows, 0)[frames - 1] / frames[:, None]
+    return out
 
 
 def score(model_dir: Path, features: torch.Tensor, table, trials) -> dict:
@@ -112,12 +163,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--demo", default="runs/demo", help="a finished `subspaces demo` folder")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--study", choices=("training", "voices"), default="training",
-                        help="training: changes to the paper's recipe; voices: which engines to train on "
-                             "(needs a grid of all four engines)")
+    parser.add_argument("--study", choices=("training", "transfer", "voices"), default="transfer",
+                        help="transfer: changes to the demo's training; training: changes to the paper's recipe; "
+                             "voices: which engines to train on (needs a grid of all four engines)")
     parser.add_argument("--levers", nargs="*", help="subset of lever names (default: all)")
     args = parser.parse_args()
-    levers, base = (LEVERS, BASE) if args.study == "training" else (VOICE_LEVERS, DEMO)
+    levers, base = {"training": (LEVERS, BASE), "transfer": (TRANSFER_LEVERS, DEMO), "voices": (VOICE_LEVERS, DEMO)}[args.study]
     demo = Path(args.demo)
     grid = read_manifest(demo / "grid" / "manifest.csv")
     fsdd = read_manifest(demo / "fsdd" / "manifest.csv")
@@ -135,6 +186,14 @@ def main() -> None:
     best = min(raw, key=raw.get)
     print(f"FSDD {len(fsdd)} clips, {len(trials):,} trials; raw whisper layers EER %: "
           + ", ".join(f"{k}:{100 * v:.1f}" for k, v in raw.items()) + f" (best: layer {best})")
+    report = demo / "report" / "metrics.json"
+    if report.is_file():
+        for system, metrics in json.loads(report.read_text())["systems"].items():
+            if not system.startswith(("ours", "raw")):  # raw layers: printed above
+                eer = metrics["verification"]
+                print(f"demo report, {system}: EER % " + " / ".join(
+                    f"{100 * eer[k]['eer']:.1f}" for k in ("all", "matched", "mismatched"))
+                    + f", digit probe {100 * metrics['keyword']['accuracy']:.1f}")
     print(f"grid: {len(grid)} clips of {grid['speaker'].nunique()} voices; engines "
           + ", ".join(f"{k} {v}" for k, v in grid.groupby("source")["speaker"].nunique().items()))
     keys = ["eer_all", "eer_matched", "eer_mismatched", "digit_probe", "leak_content_eer", "leak_speaker_digit"]
@@ -147,12 +206,17 @@ def main() -> None:
         runs, started = [], time.perf_counter()
         changes = dict(changes)
         sources = changes.pop("sources", None)
+        positions = changes.pop("positions", False)
         heard = grid["source"].isin(sources).to_numpy() if sources else np.ones(len(grid), dtype=bool)
         # Train on the chosen engines' training rows; validate (choose the best step) on every
         # held-out voice x held-out word, whatever its engine: those rows are never trained on.
         rows = (heard & (grid["split"] == "train").to_numpy()) | (grid["split"] == "val").to_numpy()
         pooling = changes.get("pooling", base.pooling)
-        grid_features = load("grid", pooling)
+        grid_features, fsdd_features = load("grid", pooling), load("fsdd", pooling)
+        if positions and pooling != "mean":
+            raise SystemExit(f"lever {name!r}: the positional table can only be added back to mean pooling")
+        if positions:
+            grid_features, fsdd_features = with_positions(grid_features, grid), with_positions(fsdd_features, fsdd)
         table, train_features = grid[rows].reset_index(drop=True), grid_features[torch.from_numpy(rows.copy())]
         unseen = grid[~heard].reset_index(drop=True)
         unseen_features = grid_features[torch.from_numpy(~heard)]
@@ -163,7 +227,7 @@ def main() -> None:
                 config = dataclasses.replace(config, block={"speaker": 8, "content": 16})
             with tempfile.TemporaryDirectory() as out:
                 train(train_features, table, config, out, metadata={"backbone": "lever-study"})
-                runs.append(score(Path(out), load("fsdd", pooling), fsdd, trials))
+                runs.append(score(Path(out), fsdd_features, fsdd, trials))
                 if len(unseen):
                     held_out.append(held_out_eer(Path(out), unseen_features, unseen, seed))
         per_run = (time.perf_counter() - started) / len(args.seeds)

@@ -70,6 +70,23 @@ def test_own_length_layer_matches_transformers_layer():
     torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
 
 
+def test_hidden_states_are_transformers_own_except_layer_0_has_no_positions(tiny_whisper):
+    # A 30 s clip fills Whisper's window, the only input stock transformers accepts.
+    wave = random_waves([30 * 16000], seed=5)[0]
+    ours = tiny_whisper.encode([wave]).hidden_states[:, 0]
+    encoder = tiny_whisper.encoder
+    with torch.inference_mode():
+        mel = tiny_whisper.log_mel(torch.from_numpy(wave))[None]
+        theirs = encoder(mel, output_hidden_states=True).hidden_states
+    assert len(theirs) == ours.shape[0]
+    positions = encoder.embed_positions.weight[: ours.shape[1]]
+    torch.testing.assert_close(ours[0] + positions, theirs[0][0], atol=1e-5, rtol=1e-5)
+    for layer in range(1, ours.shape[0]):
+        torch.testing.assert_close(ours[layer], theirs[layer][0], atol=1e-4, rtol=1e-4)
+    # ... so layer 0 really lacks the table (it is not zero).
+    assert not torch.allclose(ours[0], theirs[0][0], atol=1e-3)
+
+
 def test_too_long_and_too_short_clips_are_refused(tiny_whisper):
     with pytest.raises(ValueError, match="shorter than the 400 samples"):
         tiny_whisper.encode([np.zeros(100, dtype=np.float32)])

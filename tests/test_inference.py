@@ -136,6 +136,17 @@ def test_backbone_of_other_weights_is_refused(tmp_path, tiny_whisper):
         load_model(folder, backbone=other)
 
 
+def test_model_trained_on_the_old_whisper_readout_is_refused(tmp_path, tiny_whisper):
+    # Before feature format 2, Whisper's layer 0 carried the positional table and the
+    # revision had no read-out tag: such a model must not be fed today's features.
+    folder = make_model(tmp_path / "model", tiny_whisper)
+    config = json.loads((folder / "config.json").read_text())
+    config["metadata"]["backbone_revision"] = "random-seed-0"
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(InferenceError, match="earlier version of this package.*retrain"):
+        load_model(folder, backbone=tiny_whisper)
+
+
 def test_missing_folder_and_files_are_named(tmp_path, tiny_whisper):
     with pytest.raises(InferenceError, match=f"{tmp_path / 'nowhere'}: no such model folder"):
         load_model(tmp_path / "nowhere")

@@ -148,6 +148,50 @@ def test_a_layer_per_subspace_from_a_recipe_trains(tmp_path):
         load_recipe(recipe)
 
 
+def test_lda_start_is_the_discriminant_projection_and_trains_on(tmp_path):
+    from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
+
+    features, table = planted_grid(speakers=10, texts=12, dim=16, layers=2, val_speakers=3)
+    lda = {"layer": {"speaker": 1, "content": 0}, "hidden": (), "lda_init": {"speaker": 0.1}}
+    config = TrainConfig(**SMALL | lda | {"max_lr": 1e-30}, weight_decay=0.0, steps=2, val_every=0, checkpoint_every=0)
+    model = SubspaceModel.load(train(features, table, config, tmp_path / "start"))
+    # with no weight change, the speaker subspace is sklearn's LDA of the training rows
+    # (6 of its 16 outputs: 7 training voices give 6 directions; the rest start at 0)
+    train_rows = (table["split"] == "train").to_numpy()
+    x = features[:, 1].numpy()
+    x = (x - x[train_rows].mean(0)) / x[train_rows].std(0, ddof=1)
+    expected = LinearDiscriminantAnalysis(solver="eigen", shrinkage=0.1).fit(x[train_rows], table["speaker"][train_rows])
+    with torch.no_grad():
+        speaker = model(features)["speaker"].numpy()
+    assert np.allclose(speaker[:, :6], x @ expected.scalings_[:, :6], atol=1e-4)
+    assert np.abs(speaker[:, 6:]).max() == 0
+    # trained on from that start, the LDA directions move; the all-zero outputs get no
+    # gradient (the loss compares directions), so the subspace keeps 6 live dimensions
+    trained = TrainConfig(**SMALL | lda, steps=20, val_every=0, checkpoint_every=0)
+    write_recipe(trained, tmp_path / "recipe.toml")
+    assert load_recipe(tmp_path / "recipe.toml") == trained
+    moved = SubspaceModel.load(train(features, table, trained, tmp_path / "trained"))
+    with torch.no_grad():
+        after = moved(features)["speaker"].numpy()
+    assert np.abs(after[:, :6] - speaker[:, :6]).max() > 1e-2
+    assert np.abs(after[:, 6:]).max() == 0
+
+
+def test_lda_start_errors_name_the_problem(tmp_path):
+    with pytest.raises(TrainError, match=r"lda_init needs linear trunks \(hidden = \[\]\), got hidden = \[64\]"):
+        TrainConfig(**SMALL, layer=0, lda_init={"speaker": 0.1})
+    with pytest.raises(TrainError, match="lda_init needs a fixed layer.*'mix'"):
+        TrainConfig(**SMALL | {"hidden": ()}, lda_init={"speaker": 0.1})
+    with pytest.raises(TrainError, match=r"lda_init names \['voice'\], which are not subspaces"):
+        TrainConfig(**SMALL | {"hidden": ()}, layer=0, lda_init={"voice": 0.1})
+    with pytest.raises(TrainError, match="shrinkages must be in \\[0, 1\\]"):
+        TrainConfig(**SMALL | {"hidden": ()}, layer=0, lda_init={"speaker": 2.0})
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text('hidden = []\nlayer = 0\n[lda_init]\nspeaker = "auto"\n')
+    with pytest.raises(TrainError, match="recipe.toml: lda_init = .* is not a table of numbers"):
+        load_recipe(recipe)
+
+
 RUNNER = r"""
 import sys, time, torch
 torch.set_num_threads(1)

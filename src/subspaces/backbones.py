@@ -101,8 +101,9 @@ class EncoderOutput:
 class Backbone(torch.nn.Module):
     """A frozen speech encoder. Subclasses implement `_forward(waves)`.
 
-    Attributes: `name` (what it was loaded from), `revision` (hash of its weights, so
-    features from different weights are never mixed), `sample_rate`, `num_layers`
+    Attributes: `name` (what it was loaded from), `revision` (hash of its weights, plus a
+    tag when this package changes how it reads features out, so features from different
+    weights or read-outs are never mixed), `sample_rate`, `num_layers`
     (hidden states returned, counting the input embedding), `width`, `frame_rate`
     (frames per second), `min_samples` (shortest clip it accepts) and `max_samples`
     (longest, or None).
@@ -165,6 +166,11 @@ class Backbone(torch.nn.Module):
         }
 
 
+# Appended to a Whisper backbone's weight hash: its hidden state 0 leaves out the
+# positional table (subspaces.whisper), unlike this package before feature format 2.
+WHISPER_READOUT = "+layer0-without-positions"
+
+
 class WhisperBackbone(Backbone):
     """Whisper's encoder on each clip's own length (see `subspaces.whisper`)."""
 
@@ -175,7 +181,7 @@ class WhisperBackbone(Backbone):
         self.encoder = encoder.eval().requires_grad_(False)
         config = encoder.config
         self.log_mel = WhisperLogMel(config.num_mel_bins)
-        self.name, self.revision = name, revision
+        self.name, self.revision = name, revision + WHISPER_READOUT
         self.num_layers = config.encoder_layers + 1
         self.width = config.d_model
         self.frame_rate = WHISPER_FRAME_RATE

@@ -133,10 +133,10 @@ class BatchedWhisperSubspaces(nn.Module):
         hidden = nn.functional.gelu(whisper.conv2(hidden)).transpose(1, 2)
         num_frames = torch.div(mel_frames + 1, 2, rounding_mode="floor")
         frames = hidden.shape[1]
+        states = [hidden]  # layer 0 without the positional table, as in encode_whisper
         hidden = hidden + whisper.embed_positions.weight[:frames]
         valid = torch.arange(frames, device=hidden.device)[None, :] < num_frames[:, None]
         key_mask = torch.where(valid, 0.0, _MASKED).to(hidden.dtype)[:, None, None, :]
-        states = [hidden]
         for layer in whisper.layers:
             hidden = self._layer(layer, hidden, key_mask)
             states.append(hidden)

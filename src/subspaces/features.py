@@ -63,7 +63,8 @@ __all__ = [
     "pool_frames",
 ]
 
-FORMAT_VERSION = 1
+# 2: Whisper's layer 0 is taken before the positional table is added (subspaces.whisper).
+FORMAT_VERSION = 2
 POOLINGS = ("mean", "std")
 # Fields of store.json that identify what the features are; two stores (or a store and a
 # new run) may only be combined when all of them agree.

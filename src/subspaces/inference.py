@@ -106,6 +106,12 @@ def load_model(
             "(metadata.backbone_revision), so features from other weights could not be told apart; "
             "save the model with metadata={'backbone': ..., 'backbone_revision': backbone.revision}"
         )
+    if backbone.revision.startswith(recorded_revision) and recorded_revision != backbone.revision:
+        raise InferenceError(
+            f"{folder} was trained on {recorded_name or 'a backbone'} features as an earlier version of this "
+            f"package read them out (revision {recorded_revision}; now {backbone.revision}: Whisper's layer 0 "
+            "no longer includes the positional table). Extract the features again and retrain the model"
+        )
     if recorded_revision != backbone.revision:
         raise InferenceError(
             f"{folder} was trained on {recorded_name or 'a backbone'} revision {recorded_revision}, but the "

@@ -12,7 +12,9 @@ layers, D the pooled width; D is twice the backbone width for "mean+std" pooling
    (`{"speaker": 0, "content": 3}`), each with its own MLP trunk;
 3. an MLP trunk: `input -> hidden[0] -> ... -> hidden[-1] -> output`, GELU between linear
    layers. The paper's "MLP 768-768-768-768" is read as three hidden layers of 768 and an
-   output of 768 (= 384 speaker + 384 content): four linear layers in all;
+   output of 768 (= 384 speaker + 384 content): four linear layers in all. `hidden=()`
+   makes the trunk one linear projection (the demo's choice: it transfers better from
+   synthetic voices to real speakers);
 4. the output vector is cut into the named subspaces in order (plus an optional
    "residual" subspace that no factor claims).
 
@@ -239,6 +241,38 @@ class SubspaceModel(nn.Module):
         features = features.to(self.input_mean.device, torch.float64)
         self.input_mean.copy_(features.mean(dim=0).float())
         self.input_std.copy_(features.std(dim=0).clamp_min(_MIN_STD).float())
+
+    def input_layer(self, name: str) -> int:
+        """The backbone layer that subspace `name` reads when that is one fixed layer."""
+        if isinstance(self.config.layer, tuple):
+            return dict(self.config.layer)[name]
+        if isinstance(self.config.layer, int):
+            return self.config.layer
+        raise ModelError(f"subspace {name!r} reads a learned layer mix ({self.config.layer!r}), not one fixed layer")
+
+    @torch.no_grad()
+    def set_projection(self, name: str, weight: torch.Tensor) -> None:
+        """Start subspace `name` as the projection `weight` (`float[k, D]`, k <= its size)
+        of the normalised input: its first k outputs become `weight @ x`, the others 0.
+
+        Only for a trunk that is one linear layer (`hidden=()`).
+        """
+        sizes = self.config.sizes
+        if name not in sizes:
+            raise ModelError(f"no subspace {name!r}; this model has {list(sizes)}")
+        if self.config.hidden:
+            raise ModelError(f"setting a projection needs linear trunks (hidden=()), this model has hidden={list(self.config.hidden)}")
+        if weight.ndim != 2 or weight.shape[1] != self.config.input_dim or weight.shape[0] > sizes[name]:
+            raise ModelError(
+                f"a projection for {name!r} must be [k <= {sizes[name]}, {self.config.input_dim}], got {list(weight.shape)}")
+        if self.config.per_subspace:
+            linear, start = self.trunks[list(sizes).index(name)][-1], 0
+        else:
+            linear, start = self.trunk[-1], sum(list(sizes.values())[: list(sizes).index(name)])
+        rows = slice(start, start + sizes[name])
+        linear.weight[rows] = 0.0
+        linear.bias[rows] = 0.0
+        linear.weight[start : start + weight.shape[0]] = weight.to(linear.weight)
 
     def forward(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
         """features `float[B, L, D]` -> `{name: float[B, size]}` (unnormalised vectors)."""

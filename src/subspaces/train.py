@@ -102,6 +102,11 @@ class TrainConfig:
     patience: validations without improvement before stopping early; 0 = never.
     val_every / checkpoint_every: in steps; 0 = only at the end.
     val_max_items: validation rows scored (a fixed random subset when there are more).
+    lda_init: subspace -> shrinkage (0..1): start that subspace as a shrinkage linear
+        discriminant analysis of its factor on the training rows (the classic LDA of
+        speaker verification, fitted with scikit-learn) instead of at random; the
+        contrastive loss then trains on from there. Needs linear trunks (`hidden=()`) and
+        a fixed layer. Empty (the paper) = random start.
 
     >>> TrainConfig().batch_size
     512
@@ -133,11 +138,13 @@ class TrainConfig:
     checkpoint_every: int = 60
     tensorboard: bool = False
     device: str = "cpu"
+    lda_init: Mapping[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "subspaces", dict(self.subspaces))
         object.__setattr__(self, "block", dict(self.block))
         object.__setattr__(self, "hidden", tuple(self.hidden))
+        object.__setattr__(self, "lda_init", dict(self.lda_init))
         problems = []
         if not self.subspaces or any(not isinstance(v, int) or v < 1 for v in self.subspaces.values()):
             problems.append(f"subspaces must map factor columns to positive sizes, got {self.subspaces}")
@@ -162,6 +169,15 @@ class TrainConfig:
                 problems.append(f"{name} must be >= 0, got {getattr(self, name)}")
         if not 0 < self.pct_start < 1:
             problems.append(f"pct_start must be in (0, 1), got {self.pct_start}")
+        if self.lda_init:
+            if set(self.lda_init) - set(self.subspaces):
+                problems.append(f"lda_init names {sorted(set(self.lda_init) - set(self.subspaces))}, which are not subspaces {sorted(self.subspaces)}")
+            if any(not 0 <= v <= 1 for v in self.lda_init.values()):
+                problems.append(f"lda_init shrinkages must be in [0, 1], got {self.lda_init}")
+            if self.hidden:
+                problems.append(f"lda_init needs linear trunks (hidden = []), got hidden = {list(self.hidden)}")
+            if isinstance(self.layer, str):
+                problems.append(f"lda_init needs a fixed layer (an index or one per subspace), got layer = {self.layer!r}")
         if self.select not in SELECTIONS:
             problems.append(f"select must be one of {', '.join(SELECTIONS)}, got {self.select!r}")
         if problems:
@@ -223,6 +239,7 @@ _FIELD_TYPES = {
     "checkpoint_every": "an integer",
     "tensorboard": "a boolean",
     "device": "a string",
+    "lda_init": "a table of numbers",
 }
 
 
@@ -237,6 +254,8 @@ def _has_type(value: Any, kind: str) -> bool:
         "a boolean": lambda: isinstance(value, bool),
         "a list of integers": lambda: isinstance(value, (list, tuple)) and all(is_int(v) for v in value),
         "a table of integers": lambda: isinstance(value, Mapping) and all(is_int(v) for v in value.values()),
+        "a table of numbers": lambda: isinstance(value, Mapping) and all(
+            is_int(v) or isinstance(v, float) for v in value.values()),
         'an integer, "mix", "mix-per-subspace" or a table of integers': lambda: (
             is_int(value) or value in ("mix", "mix-per-subspace")
             or (isinstance(value, Mapping) and all(is_int(v) for v in value.values()))),
@@ -367,6 +386,8 @@ def _train(
     )
     model = SubspaceModel(model_config, metadata={**(metadata or {})})
     model.fit_normalization(features[train_rows])
+    for name, shrinkage in config.lda_init.items():
+        model.set_projection(name, _lda_projection(model, features[train_rows], codes[name][train_rows], name, shrinkage))
     model.to(device).train()
     step_model = model if world_size == 1 else DistributedDataParallel(
         model, device_ids=[device.index] if device.type == "cuda" else None
@@ -575,6 +596,26 @@ def _validate(
             scores[f"{name}/{factor}_eer"] = eer(pair_scores, same)
             scores[f"{name}/{factor}_nn_accuracy"] = (values[nearest] == values).float().mean().item()
     return scores
+
+
+def _lda_projection(model: SubspaceModel, features: torch.Tensor, labels: torch.Tensor, name: str, shrinkage: float) -> torch.Tensor:
+    """`float[k, D]`: the leading shrinkage-LDA directions of factor `name` in the model's
+    normalised input at the subspace's layer, k = min(classes - 1, subspace size).
+
+    The eigen solver's directions whiten the pooled within-class covariance, so cosine
+    scoring in the projection is the usual LDA + cosine back-end.
+    """
+    from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
+
+    classes = int(labels.unique().numel())
+    if classes < 2:
+        raise TrainError(f"lda_init for {name!r} needs at least 2 values of {name!r} in the training rows, got {classes}")
+    layer = model.input_layer(name)
+    with torch.no_grad():
+        x = ((features[:, layer].to(model.input_mean) - model.input_mean[layer]) / model.input_std[layer]).double().numpy()
+    lda = LinearDiscriminantAnalysis(solver="eigen", shrinkage=shrinkage).fit(x, labels.numpy())
+    k = min(classes - 1, model.config.sizes[name], x.shape[1])
+    return torch.from_numpy(lda.scalings_[:, :k].T.copy()).float()
 
 
 def _fingerprint(features: torch.Tensor, columns: pd.DataFrame) -> str:
