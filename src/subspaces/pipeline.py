@@ -55,8 +55,8 @@ class DemoRecipe:
     Results and the lever study behind these choices: README.md, benchmarks/levers.py.
     """
 
-    # 80 voices: 3 seeds on FSDD gave speaker EER 24.4 +- 1.0 with 32 voices, 23.1 +- 0.5
-    # with 80, 22.8 +- 0.7 with 160 (for a minute more); see README "Which voices".
+    # 80 voices: with the LDA start, 240 espeak-ng + flite voices score the same on FSDD
+    # (11.5 % speaker EER, 3 seeds); see README "Which voices".
     espeak_voices: int = 48
     flite_voices: int = 32
     kokoro_voices: int = 0
@@ -84,7 +84,8 @@ class DemoRecipe:
 
 
 # `subspaces demo --recipe NAME`. "large" adds Kokoro's and Piper's neural voices to the
-# demo's grid: 20-25 min of synthesis on 2 cores instead of about 1 (see README, issue 8).
+# demo's grid: about 30 min of synthesis on 2 cores instead of about 1, for 0.7 points of
+# FSDD speaker EER (10.8 vs 11.5 %, see README "Which voices").
 RECIPES = {
     "demo": DemoRecipe(),
     "large": DemoRecipe(kokoro_voices=48, piper_voices=9),
