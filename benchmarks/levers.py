@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import tempfile
 import time
@@ -75,9 +76,8 @@ LEVERS = {
 #   python benchmarks/levers.py --demo runs/demo --study transfer --seeds 0 1 2
 RANDOM_START = {"lda_init": {}}
 TRANSFER_LEVERS = {
-    "paper recipe (one shared layer mix, MLP, random start)": {
-        "layer": "mix", "hidden": MLP, "lda_init": {}},
-    "layer per subspace, MLP each, random start (issue 8's second pass)": {"hidden": MLP, "lda_init": {}},
+    "paper recipe (one shared layer mix, MLP, random start)": {"layer": "mix", "hidden": MLP, **RANDOM_START},
+    "layer per subspace, MLP each, random start (issue 8's second pass)": {"hidden": MLP, **RANDOM_START},
     "linear, random start": RANDOM_START,
     "linear, random start, layer 0 with the positional table (feature format 1)": {**RANDOM_START, "positions": True},
     "**the demo: linear, LDA start for the speaker (shrinkage 0.01)**": {},
@@ -102,13 +102,13 @@ TRANSFER_LEVERS = {
 # trunks, random start), measured with feature format 1 on a 32 + 57 voice grid.
 DEMO = DemoRecipe().train
 ALL = ("espeak-ng", "flite", "kokoro", "piper")
-OLD = {"hidden": MLP, "lda_init": {}}
+OLD = {"hidden": MLP, **RANDOM_START}
 MIX = {"layer": "mix-per-subspace", "layer_lr_scale": 1000.0, **OLD}
 VOICE_LEVERS = {
     "espeak-ng + flite (the demo's training)": {"sources": ("espeak-ng", "flite")},
     "kokoro + piper": {"sources": ("kokoro", "piper")},
     "all four engines (the large recipe)": {"sources": ALL},
-    "all four engines, random start": {"sources": ALL, "lda_init": {}},
+    "all four engines, random start": {"sources": ALL, **RANDOM_START},
     "kokoro held out": {"sources": ("espeak-ng", "flite", "piper")},
     "flite held out": {"sources": ("espeak-ng", "kokoro", "piper")},
     "piper held out": {"sources": ("espeak-ng", "flite", "kokoro")},
@@ -128,10 +128,16 @@ VOICE_LEVERS = {
 }
 
 
+@functools.cache
+def whisper_base_positions() -> torch.Tensor:
+    """whisper-base's positional table `float[1500, 512]` (the backbone is loaded once)."""
+    return load_backbone("whisper-base").encoder.embed_positions.weight.detach().float()
+
+
 def with_positions(features: torch.Tensor, table) -> torch.Tensor:
     """Mean-pooled whisper-base features with layer 0 as transformers gives it: each clip's
     mean of the positional table over its frames added back (feature format 2 leaves it out)."""
-    table_rows = load_backbone("whisper-base").encoder.embed_positions.weight.detach().float()
+    table_rows = whisper_base_positions()
     samples = np.round(table["duration_s"].to_numpy() * 16000).astype(int)
     frames = torch.from_numpy((samples // 160 + 1) // 2)  # 100 mel frames/s, then conv stride 2
     out = features.clone()

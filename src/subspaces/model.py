@@ -242,6 +242,11 @@ class SubspaceModel(nn.Module):
         self.input_mean.copy_(features.mean(dim=0).float())
         self.input_std.copy_(features.std(dim=0).clamp_min(_MIN_STD).float())
 
+    def normalize(self, features: torch.Tensor) -> torch.Tensor:
+        """`float[B, L, D]` features standardised with the fitted input mean and std."""
+        self._check_features(features)
+        return (features.to(self.input_mean.dtype) - self.input_mean) / self.input_std
+
     def input_layer(self, name: str) -> int:
         """The backbone layer that subspace `name` reads when that is one fixed layer."""
         if isinstance(self.config.layer, tuple):
@@ -265,10 +270,11 @@ class SubspaceModel(nn.Module):
         if weight.ndim != 2 or weight.shape[1] != self.config.input_dim or weight.shape[0] > sizes[name]:
             raise ModelError(
                 f"a projection for {name!r} must be [k <= {sizes[name]}, {self.config.input_dim}], got {list(weight.shape)}")
+        index = list(sizes).index(name)
         if self.config.per_subspace:
-            linear, start = self.trunks[list(sizes).index(name)][-1], 0
+            linear, start = self.trunks[index][-1], 0
         else:
-            linear, start = self.trunk[-1], sum(list(sizes.values())[: list(sizes).index(name)])
+            linear, start = self.trunk[-1], sum(list(sizes.values())[:index])
         rows = slice(start, start + sizes[name])
         linear.weight[rows] = 0.0
         linear.bias[rows] = 0.0
@@ -276,8 +282,7 @@ class SubspaceModel(nn.Module):
 
     def forward(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
         """features `float[B, L, D]` -> `{name: float[B, size]}` (unnormalised vectors)."""
-        self._check_features(features)
-        x = (features.to(self.input_mean.dtype) - self.input_mean) / self.input_std
+        x = self.normalize(features)
         if self.config.layer == LAYER_MIX_EACH:
             weights = torch.softmax(self.layer_logits, dim=1)
             return {name: trunk(torch.einsum("l,bld->bd", weights[k], x))

@@ -610,9 +610,8 @@ def _lda_projection(model: SubspaceModel, features: torch.Tensor, labels: torch.
     classes = int(labels.unique().numel())
     if classes < 2:
         raise TrainError(f"lda_init for {name!r} needs at least 2 values of {name!r} in the training rows, got {classes}")
-    layer = model.input_layer(name)
     with torch.no_grad():
-        x = ((features[:, layer].to(model.input_mean) - model.input_mean[layer]) / model.input_std[layer]).double().numpy()
+        x = model.normalize(features)[:, model.input_layer(name)].double().numpy()
     lda = LinearDiscriminantAnalysis(solver="eigen", shrinkage=shrinkage).fit(x, labels.numpy())
     k = min(classes - 1, model.config.sizes[name], x.shape[1])
     return torch.from_numpy(lda.scalings_[:, :k].T.copy()).float()
