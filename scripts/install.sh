@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up speech-subspaces on a fresh Debian machine (root, Python 3.11, no GPU):
-# system packages (espeak-ng, flite), a virtual environment in .venv, torch 2.13.0 (CPU wheel)
-# first, then the project. Safe to rerun: what is already there is kept.
+# system packages (espeak-ng, flite, klettres-data, ktuberling-data), a virtual environment
+# in .venv, torch 2.13.0 (CPU wheel) first, then the project. Safe to rerun: what is already there is kept.
 #   bash scripts/install.sh          # the package and its command-line tool
 #   bash scripts/install.sh --test   # ... plus what the tests need
 set -euo pipefail
@@ -10,9 +10,10 @@ cd "$(dirname "$0")/.."
 extras="[baselines,export]"
 [ "${1:-}" = "--test" ] && extras="[baselines,export,test]"
 
-# Text-to-speech engines for the synthetic grid.
+# Text-to-speech engines for the synthetic grid, and the development corpora of real speech
+# (KDE's recorded letters and words, Debian main, GPL-2+: read in place, never bundled).
 missing=()
-for package in espeak-ng flite; do
+for package in espeak-ng flite klettres-data ktuberling-data; do
     dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
 done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -23,7 +24,7 @@ if [ ${#missing[@]} -gt 0 ]; then
         sudo apt-get update -qq
         sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
     else
-        echo "warning: not root and no sudo; install these yourself for speech synthesis: ${missing[*]}" >&2
+        echo "warning: not root and no sudo; install these yourself (speech synthesis and the dev corpora): ${missing[*]}" >&2
     fi
 fi
 

@@ -359,7 +359,8 @@ def test_csv_corpus_errors(tmp_path):
 
 def test_load_corpus_specs(tmp_path):
     assert CORPUS_KINDS == (
-        "fsdd", "speech-commands", "speech-commands-12", "voxceleb1", "librispeech", "libritts", "csv"
+        "fsdd", "speech-commands", "speech-commands-12", "voxceleb1", "librispeech", "libritts", "csv",
+        "klettres", "ktuberling",
     )
     assert len(load_corpus("fsdd", limit_per_speaker_digit=1)) == 60
     with pytest.raises(CorpusError, match="unknown corpus kind 'timit'.*valid kinds: fsdd, speech-commands"):

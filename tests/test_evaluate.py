@@ -65,6 +65,16 @@ def test_keyword_probe_is_speaker_disjoint():
         speaker_folds(np.array(["a", "b"]))
 
 
+def test_keyword_probe_on_a_full_grid_uses_every_class_in_every_fold(grid):
+    from subspaces.evaluate import keyword_probe
+
+    table, speaker_only, content_only = grid
+    result = keyword_probe(content_only, table)
+    assert result["classes_used"] == [5, 5, 5] and result["rows_dropped"] == [0, 0, 0]
+    assert result["chance"] == 0.2 and "note" not in result
+    assert sum(map(sum, result["confusion"])) == len(table)  # every clip tested once
+
+
 def test_cka_and_input_checks(grid):
     table, speaker_only, content_only = grid
     rotation = np.linalg.qr(np.random.default_rng(1).normal(size=(16, 16)))[0]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -28,7 +29,9 @@ needs_engines = pytest.mark.skipif(
 
 
 def flite_voices(n: int) -> list[Voice]:
-    """Voices made without running any engine (planning needs no synthesis)."""
+    """Voices made without running any engine (planning needs no synthesis). They are
+    all variants of one base voice (slt), so the tests that hold out single voices from
+    them say hold_out="voice"."""
     return [Voice("flite", {"voice": "slt", "stretch": 0.8 + 0.05 * i}) for i in range(n)]
 
 
@@ -36,7 +39,7 @@ def flite_voices(n: int) -> list[Voice]:
 
 def test_dense_grid_has_every_pair_and_holds_out_voices_and_texts():
     voices, texts = flite_voices(8), [t.text for t in load_texts("keywords")[:12]]
-    plan = plan_grid(voices, texts, val_voices=2, val_texts=3, seed=5)
+    plan = plan_grid(voices, texts, val_voices=2, val_texts=3, seed=5, hold_out="voice")
     assert len(plan) == 8 * 12
     assert len(plan.groupby(["speaker", "content"])) == 96
     held_v = set(plan.loc[plan.split == "val", "speaker"])
@@ -50,16 +53,16 @@ def test_dense_grid_has_every_pair_and_holds_out_voices_and_texts():
     assert set(plan.loc[plan.split == "val_text", "content"]) == held_t
     assert (plan.split.value_counts().to_dict()) == {"train": 54, "val_voice": 18, "val_text": 18, "val": 6}
     # The same seed gives the same plan; another seed holds out other voices or texts.
-    pd.testing.assert_frame_equal(plan, plan_grid(voices, texts, val_voices=2, val_texts=3, seed=5))
-    other = plan_grid(voices, texts, val_voices=2, val_texts=3, seed=6)
+    pd.testing.assert_frame_equal(plan, plan_grid(voices, texts, val_voices=2, val_texts=3, seed=5, hold_out="voice"))
+    other = plan_grid(voices, texts, val_voices=2, val_texts=3, seed=6, hold_out="voice")
     assert not other.split.equals(plan.split)
     # Mixed rows can be left out altogether.
-    lean = plan_grid(voices, texts, val_voices=2, val_texts=3, seed=5, keep_mixed=False)
+    lean = plan_grid(voices, texts, val_voices=2, val_texts=3, seed=5, keep_mixed=False, hold_out="voice")
     assert lean.split.value_counts().to_dict() == {"train": 54, "val": 6}
     # Fractions and explicit ids work too.
-    by_fraction = plan_grid(voices, texts, val_voices=0.25, val_texts=0.25, seed=5)
+    by_fraction = plan_grid(voices, texts, val_voices=0.25, val_texts=0.25, seed=5, hold_out="voice")
     assert by_fraction[by_fraction.split == "val"].speaker.nunique() == 2
-    chosen = plan_grid(voices, texts, val_voices=[voices[0].speaker], val_texts=["yes"])
+    chosen = plan_grid(voices, texts, val_voices=[voices[0].speaker], val_texts=["yes"], hold_out="voice")
     assert set(chosen[chosen.split == "val"].utt_id) == {f"{voices[0].speaker}__yes__clean"}
 
 
@@ -99,6 +102,11 @@ def test_bad_holdouts_and_repeats_are_errors():
     voices = flite_voices(3)
     with pytest.raises(GridError, match="hold out 0 to 2 of the 3 voices"):
         plan_grid(voices, ["a", "b"], val_voices=3)
+    # One base voice (slt) for all three: held out whole, nothing would be left to train on.
+    with pytest.raises(GridError, match="takes all 1 bases of the 3 voices; leave at least one base for training"):
+        plan_grid(voices, ["a", "b"], val_voices=1)
+    with pytest.raises(GridError, match="hold_out='speaker'; choose one of 'base', 'voice'"):
+        plan_grid(voices, ["a", "b"], val_voices=1, hold_out="speaker")
     with pytest.raises(GridError, match="not in the grid's texts"):
         plan_grid(voices, ["a", "b"], val_texts=["c"])
     with pytest.raises(GridError, match="repeat the speaker id"):
@@ -124,6 +132,14 @@ def test_grid_writes_normalised_flac_and_a_valid_manifest(tmp_path):
     manifest = read_manifest(tmp_path / "grid" / "manifest.csv")
     assert len(manifest) == 40 and set(manifest.source) == {"espeak-ng", "flite"}
     assert set(manifest.split) == {"train", "val", "val_voice", "val_text"}
+    # grid.json records what was held out, and it is what the manifest's splits say.
+    settings = json.loads((tmp_path / "grid" / "grid.json").read_text())
+    held = manifest[manifest.split.isin(["val", "val_voice"])]
+    assert settings["hold_out"] == "base" and settings["held_out"] == table.attrs["held_out"]
+    assert settings["held_out"]["voices"] == sorted(held.speaker.unique())
+    assert settings["held_out"]["bases"] == sorted(held.voice_base.unique())
+    assert settings["held_out"]["texts"] == sorted(manifest.loc[manifest.split == "val", "content"].unique())
+    assert not set(manifest.loc[manifest.split == "train", "voice_base"]) & set(settings["held_out"]["bases"])
     assert manifest.speaker.nunique() == 5 and manifest.content.nunique() == 4
     for row in manifest.itertuples():
         assert not Path(row.path).is_absolute()

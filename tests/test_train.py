@@ -19,8 +19,9 @@ from subspaces.model import SubspaceModel
 from subspaces.train import TrainConfig, TrainError, load_recipe, train, write_recipe
 
 
-def planted_grid(speakers: int, texts: int, dim: int, layers: int = 1, seed: int = 0, val_speakers: int = 0, channels: int = 1):
-    """Features x = A s + B c (+ channel offset) + noise, every dimension mixing both factors.
+def planted_grid(speakers: int, texts: int, dim: int, layers: int = 1, seed: int = 0, val_speakers: int = 0, channels: int = 1,
+                 noise: float = 0.3):
+    """Features x = A s + B c (+ channel offset) + noise (of std `noise`), every dimension mixing both factors.
 
     The last `val_speakers` speakers are held out (split "val").
     """
@@ -35,10 +36,26 @@ def planted_grid(speakers: int, texts: int, dim: int, layers: int = 1, seed: int
     for s in range(speakers):
         for t in range(texts):
             for ch in range(channels):
-                x = speaker_code[s] @ mix_speaker + text_code[t] @ mix_text + channel_offset[ch] + 0.3 * rng.normal(size=(layers, dim))
+                x = speaker_code[s] @ mix_speaker + text_code[t] @ mix_text + channel_offset[ch] + noise * rng.normal(size=(layers, dim))
                 vectors.append(x)
                 rows.append((f"spk{s:02d}", f"text{t:03d}", f"ch{ch}", "val" if s >= speakers - val_speakers else "train"))
     table = pd.DataFrame(rows, columns=["speaker", "content", "channel", "split"])
+    return torch.tensor(np.stack(vectors), dtype=torch.float32), table
+
+
+def separable_grid(speakers: int, texts: int, dim: int, val_speakers: int, seed: int = 0, noise: float = 0.1):
+    """Two layers: layer 0 = a random code of the speaker + noise, layer 1 = one of the text
+    + noise. Any projection of layer 0 (layer 1) keeps the speakers (texts) apart, so the
+    validation EER of each factor in its own subspace is 0 from the first step on.
+    The last `val_speakers` speakers are held out (split "val")."""
+    rng = np.random.default_rng(seed)
+    speaker_code, text_code = rng.normal(size=(speakers, dim)), rng.normal(size=(texts, dim))
+    rows, vectors = [], []
+    for s in range(speakers):
+        for t in range(texts):
+            vectors.append(np.stack([speaker_code[s], text_code[t]]) + noise * rng.normal(size=(2, dim)))
+            rows.append((f"spk{s:02d}", f"text{t:03d}", "val" if s >= speakers - val_speakers else "train"))
+    table = pd.DataFrame(rows, columns=["speaker", "content", "split"])
     return torch.tensor(np.stack(vectors), dtype=torch.float32), table
 
 
@@ -118,6 +135,37 @@ def test_early_stopping_and_finished_run_and_recipe_change(tmp_path):
     assert (folder / "train_log.csv").read_text() == before
     with pytest.raises(TrainError, match="different recipe or different data"):
         train(features, table, TrainConfig(**SMALL | {"block": {"speaker": 2, "content": 4}}, steps=100), folder)
+
+
+def test_checkpoints_are_chosen_by_validation_loss_where_eer_is_flat_at_0(tmp_path):
+    features, table = separable_grid(speakers=10, texts=8, dim=16, val_speakers=4)
+    recipe = dict(layer={"speaker": 0, "content": 1}, hidden=(), subspaces={"speaker": 8, "content": 8},
+                  block={"speaker": 4, "content": 8}, max_lr=3e-3, temperature=0.5, steps=40, val_every=10,
+                  checkpoint_every=0)
+    by_loss = train(features, table, TrainConfig(**recipe), tmp_path / "loss")
+    val = pd.read_csv(by_loss / "val_log.csv")
+    assert val["step"].tolist() == [10, 20, 30, 40]
+    # EER cannot tell these checkpoints apart: every held-out pair is already on the right side
+    assert (val[["speaker/speaker_eer", "content/content_eer"]] == 0).all().all()
+    assert (val[["speaker/speaker_nn_accuracy", "content/content_nn_accuracy"]] == 1).all().all()
+    # the criterion (mean validation loss of each factor in its own subspace) still moves,
+    # and the saved model is the checkpoint where it is lowest, not the first of the ties
+    own = val[["speaker/speaker_loss", "content/content_loss"]].mean(axis=1)
+    assert np.allclose(val["score"], own) and val["score"].nunique() == 4
+    best = int(val.loc[val["score"].idxmin(), "step"])
+    assert best > 10 and val["score"].max() - val["score"].min() > 1e-3
+    saved = SubspaceModel.load(by_loss).metadata["training"]
+    assert saved["step"] == best and saved["validation"]["speaker/speaker_loss"] == pytest.approx(
+        val.loc[val["step"] == best, "speaker/speaker_loss"].item())
+    # the content subspace knows little of the speaker: its speaker loss stays far above the speaker subspace's
+    assert (val["content/speaker_loss"] > val["speaker/speaker_loss"] + 0.5).all()
+    # select_by = "eer" (the old rule) sees only ties and keeps the first validation
+    by_eer = train(features, table, TrainConfig(**recipe, select_by="eer"), tmp_path / "eer")
+    assert pd.read_csv(by_eer / "val_log.csv")["score"].tolist() == [0.0] * 4
+    assert SubspaceModel.load(by_eer).metadata["training"]["step"] == 10
+    assert load_recipe(by_eer / "recipe.toml").select_by == "eer"
+    with pytest.raises(TrainError, match="select_by must be one of loss, eer, got 'auc'"):
+        TrainConfig(**recipe, select_by="auc")
 
 
 def test_nuisance_and_residual_and_layer_mix(tmp_path):

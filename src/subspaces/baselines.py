@@ -35,11 +35,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
 
 from .atomic import write_atomic
 from .audio import AudioError, load_audio
 from .manifest import audio_paths
+from .progress import progress_bar
 
 if TYPE_CHECKING:
     import torch
@@ -161,7 +161,7 @@ def resemblyzer_embeddings(paths: Sequence[str | Path], progress: bool = True) -
     encoder = resemblyzer.VoiceEncoder("cpu", verbose=False)
     paths = [Path(p) for p in paths]
     embeddings = np.empty((len(paths), RESEMBLYZER_DIM), dtype=np.float32)
-    bar = tqdm(total=len(paths), desc="resemblyzer", unit="utt", disable=None if progress else True)
+    bar = progress_bar(total=len(paths), desc="resemblyzer", unit="utt", enabled=progress)
     for start in range(0, len(paths), _CLIPS_PER_BATCH):
         batch = paths[start : start + _CLIPS_PER_BATCH]
         partials = [_partial_mels(resemblyzer, encoder, _prepare(resemblyzer, path)) for path in batch]

@@ -104,10 +104,13 @@ def cmd_synth(args: argparse.Namespace) -> int:
         texts = sample_texts(texts, args.num_texts, seed=args.seed)
     table = synthesize_grid(
         voices, texts, args.out_dir, dense=not args.sparse, per_voice=args.per_voice,
-        min_per_text=args.min_per_text, val_voices=args.val_voices, val_texts=args.val_texts,
+        min_per_text=args.min_per_text, val_voices=args.val_voices, val_texts=args.val_texts, hold_out=args.hold_out,
         workers=args.workers, seed=args.seed, channels=_csv_list(args.channels), keep_mixed=not args.no_mixed)
     print(f"{len(table)} clips from {len(voices)} voices x {len(texts)} texts in {args.out_dir}/manifest.csv")
     print(table["split"].value_counts().to_string())
+    held = table.attrs.get("held_out", {})
+    if held.get("bases"):
+        print(f"held out whole base voices: {', '.join(held['bases'])}")
     failures = table.attrs.get("failures")
     if failures is not None and len(failures):
         print(f"{len(failures)} clip(s) failed; see {args.out_dir}/failures.csv", file=sys.stderr)
@@ -215,6 +218,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .pipeline import evaluate_model
 
     out = Path(args.out)
+    if args.suite:
+        from .suite import evaluate_suite
+
+        if args.corpus or args.trials:
+            raise ValueError("--suite scores its own corpora; drop --corpus/--trials, or drop --suite")
+        evaluate_suite(args.model, args.suite, out, max_trials=args.max_trials)
+        print(f"report: {out / 'report.md'}")
+        return 0
+    args.corpus = args.corpus or "fsdd"
     kind = args.corpus.split(":")[0]
     options = {"limit_per_speaker_digit": args.limit_per_speaker_digit} if kind == "fsdd" and args.limit_per_speaker_digit else {}
     if args.trials:
@@ -302,10 +314,12 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from .corpora import load_corpus
     from .pipeline import calibrate_model
 
+    from .suite import SUITES, suite_corpus
+
     options = {}
     if args.corpus.split(":")[0] == "fsdd" and args.limit_per_speaker_digit:
         options["limit_per_speaker_digit"] = args.limit_per_speaker_digit
-    table = load_corpus(args.corpus, **options)
+    table = suite_corpus(args.corpus) if args.corpus in SUITES else load_corpus(args.corpus, **options)
     if args.split:
         table = table[table["split"] == args.split].reset_index(drop=True)
         if table.empty:
@@ -383,6 +397,9 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--min-per-text", type=int, default=2)
     synth.add_argument("--val-voices", type=int, default=0, help="voices held out for validation")
     synth.add_argument("--val-texts", type=int, default=0, help="texts held out for validation")
+    synth.add_argument("--hold-out", choices=("base", "voice"), default="base",
+                       help="hold out whole base voices (default: no held-out voice is a pitch or rate variant "
+                            "of a training voice) or single voices")
     synth.add_argument("--channels", help="comma list: clean, telephone, mulaw8, noise20, reverb0.4")
     synth.add_argument("--no-mixed", action="store_true", help="skip held-out-voice x train-text rows and the reverse")
     synth.add_argument("--workers", type=int, default=2)
@@ -391,7 +408,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     corpus = verbs.add_parser("corpus", help="make a manifest from a real corpus", description=cmd_corpus.__doc__)
     corpus.add_argument("spec", help="fsdd | fsdd:PATH | speech-commands:PATH | speech-commands-12:PATH | "
-                                     "voxceleb1:PATH | librispeech:PATH | libritts:PATH | csv:FILE")
+                                     "voxceleb1:PATH | librispeech:PATH | libritts:PATH | klettres[:PATH] | "
+                                     "ktuberling[:PATH] | csv:FILE")
     corpus.add_argument("-o", "--out", required=True, help="manifest .csv or .parquet")
     corpus.add_argument("--limit-per-speaker-digit", type=int, help="FSDD: a seeded subset per speaker x digit")
     corpus.add_argument("--seed", type=int, default=0)
@@ -429,7 +447,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = verbs.add_parser("evaluate", help="evaluate a model on real speech; write a report",
                                 description=cmd_evaluate.__doc__)
     evaluate.add_argument("--model", required=True, nargs="+", help="model folder(s); several (e.g. seeds) are summarised")
-    evaluate.add_argument("--corpus", default="fsdd", help="KIND:PATH (default: the bundled FSDD)")
+    evaluate.add_argument("--corpus", help="KIND:PATH (default: the bundled FSDD, the test set)")
+    evaluate.add_argument("--suite", choices=("dev", "test"),
+                          help="a named suite instead of --corpus: dev = KLettres + KTuberling (choose settings "
+                               "here), test = FSDD; one table per corpus")
     evaluate.add_argument("--out", required=True)
     evaluate.add_argument("--limit-per-speaker-digit", type=int, default=10, help="FSDD subset size (0 = all)")
     evaluate.add_argument("--max-trials", type=int, help="a seeded sample of trials instead of all pairs")
@@ -457,7 +478,9 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate = verbs.add_parser("calibrate", help="store a verification threshold chosen on a labelled corpus",
                                  description=cmd_calibrate.__doc__)
     calibrate.add_argument("model")
-    calibrate.add_argument("--corpus", default="fsdd", help="KIND:PATH (default: the bundled FSDD)")
+    calibrate.add_argument("--corpus", default="dev",
+                           help="KIND:PATH, or a suite name (default: dev, the KLettres + KTuberling development "
+                                "suite; never calibrate on the test set)")
     calibrate.add_argument("--split", help="use only this split of the corpus (e.g. test)")
     calibrate.add_argument("--limit-per-speaker-digit", type=int, default=0)
     calibrate.add_argument("--subspace", default="speaker")

@@ -1,4 +1,5 @@
-"""Real-speech corpora as manifests: FSDD, Speech Commands, VoxCeleb1, LibriSpeech, LibriTTS, a CSV.
+"""Real-speech corpora as manifests: FSDD, Speech Commands, VoxCeleb1, LibriSpeech, LibriTTS,
+KLettres and KTuberling (Debian's recorded letters and words), a CSV.
 
 Every reader returns a manifest (see `subspaces.manifest`): one row per utterance with
 `utt_id, path, speaker, content, text, duration_s, sample_rate, split, source` plus the
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import importlib.resources
 import re
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -41,6 +43,8 @@ __all__ = [
     "load_corpus",
     "read_csv_corpus",
     "read_fsdd",
+    "read_klettres",
+    "read_ktuberling",
     "read_librispeech",
     "read_libritts",
     "read_speech_commands",
@@ -586,6 +590,209 @@ def read_csv_corpus(path: str | Path) -> pd.DataFrame:
 
 
 # ---------------------------------------------------------------------------------------
+# KDE's educational recordings in Debian main: KLettres and KTuberling (development data)
+#
+# Both are recordings of real people, one language folder each, installed by Debian's
+# `klettres-data` and `ktuberling-data` packages (GPL-2+; never bundled here). One
+# language is mostly one person and each person is one recording session, so speaker,
+# language and channel are confounded: evaluate.py's same-language trials exist for that.
+
+KLETTRES_ROOT = Path("/usr/share/klettres")
+KTUBERLING_ROOT = Path("/usr/share/ktuberling")
+
+# Who recorded each KLettres folder, from the KLettres handbook's "Credits and License"
+# chapter (doc/index.docbook in KDE's klettres repository), or from the files' own Vorbis
+# ARTIST tags (lt, ru, nb). A folder credited to two people is "mixed": its label is the
+# folder, and some of its same-speaker trials may pair two people. Folders not named here
+# are "assumed" to be one person each.
+_KLETTRES_CREDITS = {
+    "cs": ("Eva Mikulčíková", "credited"),
+    "da": ("Erik Kjaer Pedersen", "credited"),
+    "de": ("Helmut Kriege", "credited"),
+    "en": ("Robert Wadley", "credited"),
+    "es": ("Ana Belén Caballero and Juan Pedro Paredes", "mixed"),
+    "fr": ("Ludovic Grossard", "credited"),
+    "it": ("Pietro Pasotti", "credited"),
+    "nl": ("Geert Stams", "credited"),
+    "lt": ("Liudas Ališauskas", "tagged"),
+    "ru": ("Dashk0", "tagged"),
+    "nb": ("Johnstad/Gabor", "mixed"),
+}
+# KTuberling: the handbook credits John Calhoun with the original English sounds; the
+# other names come from each file's ARTIST tag. Short forms of one name are merged.
+_KTUBERLING_CREDITS = {"en": ("John Calhoun", "credited")}
+_ARTIST_ALIASES = {"Bernat": "Bernat Mas"}
+# A tag naming two people ("A and B", "A / B") cannot say which of them speaks a file.
+_SEVERAL_PEOPLE = re.compile(r"\band\b|/|&|,")
+SPEAKER_CONFIDENCE = ("tagged", "credited", "mixed", "assumed")
+
+
+def _install_hint(package: str) -> str:
+    return f"install it with `apt-get install {package}` (Debian main, GPL), or pass the folder it was copied to"
+
+
+def _artist(path: Path) -> str:
+    """The file's ARTIST tag (Vorbis comment or WAV INFO), "" when it has none."""
+    try:
+        with sf.SoundFile(str(path)) as handle:
+            return (handle.artist or "").strip()
+    except Exception as error:  # soundfile raises LibsndfileError, RuntimeError, TypeError
+        raise CorpusError(f"{path}: cannot read the audio header ({error})") from error
+
+
+def _sound_entries(xml_file: Path, sections: tuple[str, ...]) -> list[tuple[str, str, str]]:
+    """(section, name, file) for every <sound name= file=> in the given sections
+    ("" means anywhere) of a KLettres sounds.xml or a KTuberling .soundtheme."""
+    import xml.etree.ElementTree as ElementTree
+
+    try:
+        tree = ElementTree.parse(xml_file)
+    except (ElementTree.ParseError, OSError) as error:
+        raise CorpusError(f"{xml_file}: not a readable sound list ({error})") from error
+    entries = []
+    for section in sections:
+        parents = [tree.getroot()] if not section else tree.getroot().iter(section)
+        for parent in parents:
+            for sound in parent.iter("sound"):
+                name, file = sound.get("name"), sound.get("file")
+                if not name or not file:
+                    raise CorpusError(f"{xml_file}: a <sound> without name= or file= ({ElementTree.tostring(sound)[:80]!r})")
+                entries.append((section, name.strip(), file.strip()))
+    return entries
+
+
+def _language(locale: str) -> str:
+    """'en_GB' -> 'en', 'sr@latin' -> 'sr', 'pt_BR' -> 'pt'."""
+    return re.split(r"[_@]", locale)[0]
+
+
+def _drop_duplicate_audio(rows: list[dict], source: str) -> tuple[list[dict], int]:
+    """Keep the first row of every byte-identical audio file (rows in sorted locale order,
+    so 'sr' is kept and its 'sr@latin' copy dropped)."""
+    import hashlib
+
+    seen, kept = set(), []
+    for row in rows:
+        digest = hashlib.sha1(Path(row["path"]).read_bytes()).hexdigest()
+        if digest not in seen:
+            seen.add(digest)
+            kept.append(row)
+    return kept, len(rows) - len(kept)
+
+
+def _finish_kde(rows: list[dict], root: Path, source: str) -> pd.DataFrame:
+    rows, duplicates = _drop_duplicate_audio(rows, source)
+    table = _to_manifest(rows, root, source)
+    table.attrs["dropped_duplicates"] = duplicates
+    return table
+
+
+def read_klettres(root: str | Path | None = None) -> pd.DataFrame:
+    """KLettres' recorded letters and syllables (Debian `klettres-data`), about 20 languages.
+
+    `root` is the folder with one `<locale>/sounds.xml` per language (default
+    /usr/share/klettres). content is `<language>:<NAME>` (en and en_GB share "en:A"), text
+    the letter or syllable, `kind` "alphabet" or "syllable". speaker is the credited person
+    (see `_KLETTRES_CREDITS`) or `klettres-<locale>`; `confidence` says how sure that label
+    is (one of SPEAKER_CONFIDENCE) and `credit` whom the credits name. split is "dev":
+    this is development data, for choosing settings. Byte-identical copies are dropped.
+
+    >>> read_klettres("/no/such/folder")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    subspaces.corpora.CorpusError: /no/such/folder: no such folder; expected KLettres' ...
+    """
+    root = _require_folder(root if root is not None else KLETTRES_ROOT,
+                           f"KLettres' <locale>/sounds.xml folders; {_install_hint('klettres-data')}")
+    rows = []
+    for xml_file in sorted(root.glob("*/sounds.xml")):
+        locale = xml_file.parent.name
+        entries = _sound_entries(xml_file, ("alphabet", "syllables"))
+        missing = [file for _, _, file in entries if not (root / file).is_file()]
+        if len(missing) == len(entries):
+            continue  # Debian ships some locales (id, nn) as a sounds.xml whose sounds are absent
+        if missing:  # the Debian package lists a few sounds it does not ship (ml: 3)
+            warnings.warn(f"{xml_file}: {len(missing)} listed file(s) are not in {root} and are skipped, "
+                          f"e.g. {missing[0]}", stacklevel=2)
+        credit, confidence = _KLETTRES_CREDITS.get(locale, ("", "assumed"))
+        speaker = credit if confidence in ("credited", "tagged") else f"klettres-{locale}"
+        for section, name, file in entries:
+            path = root / file
+            if file in missing:
+                continue
+            language = _language(locale)
+            rows.append(dict(
+                utt_id=f"klettres-{locale}-{section}-{Path(file).stem}", path=str(path), speaker=speaker,
+                content=f"{language}:{name}", text=name, split="dev", source="klettres", language=language,
+                locale=locale, kind="alphabet" if section == "alphabet" else "syllable",
+                confidence=confidence, credit=credit,
+            ))
+    if not rows:
+        raise CorpusError(f"{root}: no <locale>/sounds.xml with sounds; {_install_hint('klettres-data')}")
+    return _finish_kde(rows, root, "klettres")
+
+
+def read_ktuberling(root: str | Path | None = None) -> pd.DataFrame:
+    """KTuberling's recorded object words (Debian `ktuberling-data`), 20-odd languages.
+
+    `root` is the folder holding `sounds/<locale>.soundtheme` (default /usr/share/ktuberling;
+    the `sounds` folder itself also works). `concept` is the theme's sound name, the same
+    in every language ("ball", "egypt_camel"); content is `<language>:<concept>`. speaker
+    is the file's ARTIST tag when it names one person ("tagged"; Catalan has six people),
+    the handbook's credit (English: John Calhoun), or else `ktuberling-<locale>`
+    ("assumed"; a tag naming two people is "mixed"). A file listed under several names is
+    one row (its first name); byte-identical copies (the Serbian script variants) are
+    dropped. split is "dev".
+
+    >>> read_ktuberling("/no/such/folder")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    subspaces.corpora.CorpusError: /no/such/folder: no such folder; expected KTuberling's ...
+    """
+    root = _require_folder(root if root is not None else KTUBERLING_ROOT,
+                           f"KTuberling's sounds/<locale>.soundtheme files; {_install_hint('ktuberling-data')}")
+    sounds = root / "sounds" if (root / "sounds").is_dir() else root
+    rows, listed = [], set()
+    for theme in sorted(sounds.glob("*.soundtheme")):
+        locale = theme.stem
+        language = _language(locale)
+        entries = []
+        for _, concept, file in _sound_entries(theme, ("",)):
+            if sounds / file not in listed:
+                listed.add(sounds / file)
+                entries.append((concept, file))
+        missing = [file for _, file in entries if not (sounds / file).is_file()]
+        if len(missing) == len(entries):
+            continue  # Debian ships some themes (id) without their sounds
+        if missing:
+            warnings.warn(f"{theme}: {len(missing)} listed file(s) are not in {sounds} and are skipped, "
+                          f"e.g. {missing[0]}", stacklevel=2)
+        entries = [(concept, file) for concept, file in entries if file not in missing]
+        artists = [_ARTIST_ALIASES.get(a, a) for a in (_artist(sounds / file) for _, file in entries)]
+        # A folder tagged by one person except for a few files (Walloon: 1 of 71) is taken
+        # to be that person throughout; a larger untagged part (Danish: 126 of 166) is
+        # another, unnamed person.
+        named = {a for a in artists if a}
+        majority = next(iter(named)) if len(named) == 1 and artists.count("") <= 0.1 * len(artists) else ""
+        for (concept, file), artist in zip(entries, artists):
+            if artist:
+                credit, confidence = artist, "mixed" if _SEVERAL_PEOPLE.search(artist) else "tagged"
+            elif majority:
+                credit, confidence = majority, "assumed"
+            else:
+                credit, confidence = _KTUBERLING_CREDITS.get(locale, ("", "assumed"))
+            speaker = credit if credit and confidence != "mixed" else f"ktuberling-{locale}"
+            rows.append(dict(
+                utt_id=f"ktuberling-{locale}-{Path(file).stem}", path=str(sounds / file), speaker=speaker,
+                content=f"{language}:{concept}", text=concept, split="dev", source="ktuberling",
+                language=language, locale=locale, concept=concept, confidence=confidence, credit=credit,
+            ))
+    if not rows:
+        raise CorpusError(f"{sounds}: no <locale>.soundtheme files with sounds; {_install_hint('ktuberling-data')}")
+    return _finish_kde(rows, root, "ktuberling")
+
+
+# ---------------------------------------------------------------------------------------
 # The entry point
 
 _READERS: dict[str, Callable[..., pd.DataFrame]] = {
@@ -596,14 +803,20 @@ _READERS: dict[str, Callable[..., pd.DataFrame]] = {
     "librispeech": read_librispeech,
     "libritts": read_libritts,
     "csv": read_csv_corpus,
+    "klettres": read_klettres,
+    "ktuberling": read_ktuberling,
 }
+# Kinds whose data sit at a default place, so that a plain "KIND" (no path) reads them.
+_DEFAULT_PLACE = {"fsdd": read_fsdd, "klettres": read_klettres, "ktuberling": read_ktuberling}
 CORPUS_KINDS = tuple(_READERS)
 
 
 def load_corpus(spec: str, **options) -> pd.DataFrame:
     """Read a corpus named `KIND:PATH` (plain `fsdd` is the bundled FSDD) into a manifest.
 
-    Kinds: fsdd, speech-commands, speech-commands-12, voxceleb1, librispeech, libritts, csv.
+    Kinds: fsdd, speech-commands, speech-commands-12, voxceleb1, librispeech, libritts, csv,
+    klettres, ktuberling. Plain `fsdd`, `klettres` and `ktuberling` (no path) read the
+    bundled FSDD and the Debian packages' folders.
     `options` go to the kind's reader (e.g. `limit_per_speaker_digit` for fsdd, `trials` for
     voxceleb1, `default_split` for speech-commands).
 
@@ -617,8 +830,8 @@ def load_corpus(spec: str, **options) -> pd.DataFrame:
     if kind not in _READERS:
         raise CorpusError(f"unknown corpus kind {kind!r} in {spec!r}; valid kinds: {', '.join(CORPUS_KINDS)}")
     if not separator:
-        if kind == "fsdd":
-            return read_fsdd(None, **options)
+        if kind in _DEFAULT_PLACE:
+            return _DEFAULT_PLACE[kind](None, **options)
         raise CorpusError(f"{spec!r} needs a path: write it as {kind}:PATH")
     if not path.strip():
         raise CorpusError(f"{spec!r} has an empty path: write it as {kind}:PATH")

@@ -44,12 +44,12 @@ import pandas as pd
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
-from tqdm.auto import tqdm
 
 from .atomic import write_atomic, write_text_atomic
 from .audio import DEFAULT_MAX_DURATION_S, AudioError, load_audio
 from .backbones import Backbone, load_backbone
 from .manifest import audio_paths, read_manifest, validate_manifest
+from .progress import progress_bar
 
 __all__ = [
     "FORMAT_VERSION",
@@ -424,7 +424,7 @@ def extract_features(
 
     keep_all = layers == list(range(backbone.num_layers))
     total_utts = sum(len(s.positions) for s in todo)
-    bar = tqdm(total=total_utts, unit="utt", desc=f"extract {backbone.name}", disable=None if progress else True)
+    bar = progress_bar(total=total_utts, unit="utt", desc=f"extract {backbone.name}", enabled=progress)
     audio_seconds, started = 0.0, time.perf_counter()
     new_failures = 0
     batches = [b for s in todo for b in s.batches]

@@ -3,11 +3,11 @@
 `plan_grid` decides which voice says which text and which rows are held out;
 `synthesize_grid` makes the audio (16 kHz mono FLAC, trimmed and loudness-normalised)
 and writes `manifest.csv` (`speaker` = voice id, `content` = text id, `source` =
-engine, plus a `channel` column). The folder holds:
+engine, plus `channel` and `voice_base` columns). The folder holds:
 
     manifest.csv      one row per finished clip
     voices.json       the voice bank the grid was made with
-    grid.json         the settings, for provenance
+    grid.json         the settings and what was held out, for provenance
     failures.csv      clips that failed and why (only when some did)
     audio/CHANNEL/SPEAKER/CONTENT.flac
 
@@ -19,6 +19,17 @@ then no held-out voice and no held-out text is ever heard in training, while the
 `val_voice` / `val_text` rows measure generalisation to one new factor at a time.
 `keep_mixed=False` does not synthesise the mixed rows at all.
 
+**Voices are held out as whole base voices** (`hold_out="base"`, the default). Voices
+that share a base (`Voice.base`: one flite voice at several pitches, one espeak-ng
+variant at several rates) are variants of one person; holding out one of them while
+training on another would validate on a near-copy of a training voice. So the voices'
+bases are visited in a seeded random order and each is held out whole until at least
+`val_voices` voices are (a fraction: at least `round(fraction x voices)`): the count is
+rounded up to whole bases, by at most the size of the last base taken less one, and no
+held-out voice shares its base with a training voice. A list names speaker ids or base
+keys (`"flite:awb"`); it must cover whole bases. `hold_out="voice"` holds out single
+voices regardless of their base (the rule before bases existed).
+
 **Resuming.** Every clip is written to a temporary file and renamed into place, so a
 clip that exists is complete. Rerunning with the same arguments after a crash or
 `kill -9` skips finished clips and ends with the same manifest as one clean run
@@ -29,6 +40,10 @@ clip that exists is complete. Rerunning with the same arguments after a crash or
 >>> plan = plan_grid(voices, ["yes", "no", "left", "right"], val_voices=1, val_texts=1, seed=0)
 >>> sorted(plan["split"].value_counts().items())
 [('train', 6), ('val', 1), ('val_text', 2), ('val_voice', 3)]
+>>> kal = [Voice("flite", {"voice": v, "f0_mean": f}) for v, f in (("kal", 100), ("kal16", 140))]
+>>> plan = plan_grid(kal + voices[1:], ["yes", "no"], val_voices=1, val_texts=1, seed=1)
+>>> plan.attrs["held_out"]["bases"], plan.attrs["held_out"]["voices"]
+(['flite:kal'], ['flite-kal-f100', 'flite-kal16-f140'])
 """
 
 from __future__ import annotations
@@ -47,7 +62,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 import soundfile as sf
-from tqdm.auto import tqdm
+from subspaces.progress import progress_bar
 
 from subspaces.atomic import write_text_atomic
 from subspaces.audio import normalize_loudness, resample, trim_silence
@@ -56,10 +71,12 @@ from subspaces.manifest import write_manifest
 from subspaces.synth import SynthError, Voice, espeak_variants, flite_voices, load_voices, save_voices, synthesize
 from subspaces.texts import Text, text_id
 
-__all__ = ["GridError", "SAMPLE_RATE", "SPLITS", "plan_grid", "synthesize_grid"]
+__all__ = ["GridError", "HOLD_OUT", "SAMPLE_RATE", "SPLITS", "plan_grid", "synthesize_grid"]
 
 SAMPLE_RATE = 16000
 SPLITS = ("train", "val", "val_voice", "val_text")
+# How held-out voices are chosen: whole base voices (the default) or single voices.
+HOLD_OUT = ("base", "voice")
 MANIFEST_NAME = "manifest.csv"
 FAILURES_NAME = "failures.csv"
 _PARTIAL_SUFFIX = ".partial"
@@ -103,6 +120,56 @@ def _held_out(ids: list[str], amount: int | float | Sequence[str], rng: np.rando
     return chosen
 
 
+def _held_out_voices(voices: list[Voice], amount: int | float | Sequence[str], hold_out: str,
+                     rng: np.random.Generator) -> set[str]:
+    """The held-out speaker ids under `hold_out` ("base": whole base voices, see the
+    module's rule; "voice": single voices)."""
+    speakers = [v.speaker for v in voices]
+    if hold_out not in HOLD_OUT:
+        raise GridError(f"hold_out={hold_out!r}; choose one of {', '.join(map(repr, HOLD_OUT))}")
+    if hold_out == "voice":
+        return _held_out(speakers, amount, rng, "voices")
+    members: dict[str, list[str]] = {}  # base -> its speakers, bases in the voices' order
+    for voice in voices:
+        members.setdefault(voice.base, []).append(voice.speaker)
+    if isinstance(amount, (list, tuple, set, frozenset)):
+        unknown = sorted(set(amount) - set(speakers) - set(members))
+        if unknown:
+            bases = ", ".join(list(members)[:8]) + (", ..." if len(members) > 8 else "")
+            raise GridError(f"held-out voices {', '.join(map(str, unknown[:5]))} are neither speaker ids nor base keys "
+                            f"of the grid's voices (bases: {bases})")
+        chosen = {s for name in amount for s in members.get(name, [name])}
+        for base, names in members.items():
+            left = sorted(set(names) - chosen)
+            if left and len(left) < len(names):
+                raise GridError(
+                    f"the held-out voices include {sorted(set(names) & chosen)[0]} but not {', '.join(left[:3])}, of the "
+                    f"same base voice {base}: hold out the whole base (name {base!r}) or pass hold_out='voice'")
+    else:
+        if isinstance(amount, float):
+            if not 0.0 <= amount < 1.0:
+                raise GridError(f"val_voices={amount} as a fraction must be in [0, 1); give an int for a count")
+            count = int(round(amount * len(speakers)))
+        elif isinstance(amount, int):
+            if not 0 <= amount < len(speakers):
+                raise GridError(f"val_voices={amount}: hold out 0 to {len(speakers) - 1} of the {len(speakers)} voices")
+            count = amount
+        else:
+            raise GridError(f"val_voices must be a count, a fraction or a list of ids, not {amount!r}")
+        bases = list(members)
+        chosen = set()
+        for index in rng.permutation(len(bases)):
+            if len(chosen) >= count:
+                break
+            chosen.update(members[bases[index]])
+    if chosen and len(chosen) == len(speakers):
+        raise GridError(
+            f"holding out val_voices={amount!r} as whole base voices takes all {len(members)} bases of the "
+            f"{len(speakers)} voices; leave at least one base for training: hold out fewer voices, add voices of "
+            f"other bases, try another seed, or pass hold_out='voice'")
+    return chosen
+
+
 def _sparse_pairs(n_voices: int, n_texts: int, per_voice: int, min_per_text: int,
                   rng: np.random.Generator) -> list[tuple[int, int]]:
     """Each voice gets `per_voice` texts; texts are dealt least-used first (ties broken
@@ -131,14 +198,17 @@ def plan_grid(
     seed: int = 0,
     channels: Sequence[str] | None = None,
     keep_mixed: bool = True,
+    hold_out: str = "base",
 ) -> pd.DataFrame:
     """The rows of a grid before synthesis: utt_id, path, speaker, content, text, split,
-    source, channel (in voice, text, channel order).
+    source, channel, voice_base (in voice, text, channel order).
 
     Dense: every voice says every text. Sparse (`dense=False`): every voice says exactly
     `per_voice` texts (default: the fewest that give each text `min_per_text` voices)
     and every text is said by at least `min_per_text` voices. `val_voices`/`val_texts`
-    are counts (int), fractions (float) or lists of ids; see the module's split rule.
+    are counts (int), fractions (float) or lists of ids; voices are held out as whole
+    base voices unless `hold_out="voice"`; see the module's split and hold-out rules.
+    `plan.attrs["held_out"]` lists the held-out `voices`, their `bases` and the `texts`.
     `channels` are channel specs (`subspaces.channel`); the default is `["clean"]`.
 
     >>> from subspaces.synth import Voice
@@ -161,7 +231,7 @@ def plan_grid(
     for spec in channels:
         parse_channel(spec)
     rng = np.random.default_rng(seed)
-    held_voices = _held_out(speakers, val_voices, rng, "voices")
+    held_voices = _held_out_voices(voices, val_voices, hold_out, rng)
     held_texts = _held_out([t.id for t in texts_], val_texts, rng, "texts")
 
     n_voices, n_texts = len(voices), len(texts_)
@@ -203,8 +273,16 @@ def plan_grid(
                 "split": split,
                 "source": voice.engine,
                 "channel": channel,
+                "voice_base": voice.base,
             })
-    return pd.DataFrame(rows, columns=["utt_id", "path", "speaker", "content", "text", "split", "source", "channel"])
+    plan = pd.DataFrame(rows, columns=["utt_id", "path", "speaker", "content", "text", "split", "source", "channel",
+                                       "voice_base"])
+    plan.attrs["held_out"] = {
+        "voices": sorted(held_voices),
+        "bases": sorted({v.base for v in voices if v.speaker in held_voices}),
+        "texts": sorted(held_texts),
+    }
+    return plan
 
 
 @dataclass
@@ -294,13 +372,15 @@ def synthesize_grid(
     seed: int = 0,
     channels: Sequence[str] | None = None,
     keep_mixed: bool = True,
+    hold_out: str = "base",
 ) -> pd.DataFrame:
     """Synthesise the grid `plan_grid` describes into `out_dir`; return its manifest.
 
     Clips are made by `workers` threads (the engines run as subprocesses). Finished
     clips are skipped, so rerunning resumes. A clip that fails is left out of the
     manifest, listed with its error in `failures.csv` (and `manifest.attrs["failures"]`)
-    and reported with a warning at the end; the other clips go on.
+    and reported with a warning at the end; the other clips go on. `grid.json` records
+    the settings and the held-out voices, bases and texts (`held_out`).
 
     >>> import tempfile
     >>> from subspaces.synth import sample_voices
@@ -313,7 +393,8 @@ def synthesize_grid(
     out_dir = Path(out_dir)
     plan = plan_grid(voices, texts, dense=dense, per_voice=per_voice, min_per_text=min_per_text,
                      val_voices=val_voices, val_texts=val_texts, seed=seed, channels=channels,
-                     keep_mixed=keep_mixed)
+                     keep_mixed=keep_mixed, hold_out=hold_out)
+    held_out = plan.attrs.pop("held_out")  # not copied into every per-clip group below
     voices = list(voices)
     # Fail at once, with the install command, when an engine is missing.
     engines = {v.engine for v in voices}
@@ -340,8 +421,7 @@ def synthesize_grid(
     failures = []
     with ThreadPoolExecutor(max_workers=workers) as pool:
         futures = {pool.submit(_run_task, task): i for i, task in enumerate(tasks)}
-        for future in tqdm(as_completed(futures), total=len(futures), desc="synthesising", unit="text",
-                           disable=None):
+        for future in progress_bar(as_completed(futures), total=len(futures), desc="synthesising", unit="text"):
             i = futures[future]
             try:
                 frames[rows_of_task[i]] = future.result()
@@ -373,11 +453,13 @@ def synthesize_grid(
         "min_per_text": min_per_text, "val_voices": val_voices if not isinstance(val_voices, (set, frozenset)) else sorted(val_voices),
         "val_texts": val_texts if not isinstance(val_texts, (set, frozenset)) else sorted(val_texts),
         "seed": seed, "channels": list(channels) if channels is not None else ["clean"], "keep_mixed": keep_mixed,
+        "hold_out": hold_out, "held_out": held_out,
         "sample_rate": SAMPLE_RATE, "clips": len(manifest), "failed": len(failure_table),
     }
     write_text_atomic(out_dir / "grid.json", json.dumps(settings, indent=2, default=list) + "\n")
     manifest.attrs["root"] = str(out_dir.resolve())
     manifest.attrs["failures"] = failure_table
+    manifest.attrs["held_out"] = held_out
     if failures:
         warnings.warn(f"{len(failure_table)} of {len(plan)} clips failed and are left out of the manifest; "
                       f"see {failure_path}", stacklevel=2)

@@ -21,6 +21,8 @@ Every engine but `command` also takes `warp` (0.7-1.4): pitch and formants are m
 that factor and the clip shortened by it, as a shorter vocal tract would (speed
 perturbation), which makes several speakers out of one voice.
 
+`Voice.base` names a voice's base voice (`flite:kal`, `espeak-ng:m3`): voices of one
+base are variants of one person, which is what validation must hold out whole.
 `sample_voices` draws distinct voices of one engine reproducibly from a seed;
 `save_voices` / `load_voices` keep a voice bank in a JSON file (Kokoro voices also
 as their style tensors, `.npy` files next to it).
@@ -81,6 +83,8 @@ ESPEAK_RATE = (80, 450)
 ESPEAK_GAP = (0, 100)
 # flite's own voices (the ones `flite -lv` lists, less the clock-only awb_time).
 FLITE_VOICES = ("kal", "kal16", "awb", "rms", "slt")
+# kal16 is the 16 kHz diphone voice of the speaker of kal (8 kHz): the same person.
+FLITE_SAME_SPEAKER = {"kal16": "kal"}
 # rms's F0 model ignores int_f0_target_mean (and f0_shift): its pitch cannot be set, so
 # an rms voice with an f0_mean would be a second speaker id for the same voice.
 FLITE_FIXED_F0 = ("rms",)
@@ -161,6 +165,40 @@ class Voice:
     def to_dict(self) -> dict[str, Any]:
         """The voice as plain JSON-able data (what a voice bank stores)."""
         return {"speaker": self.speaker, "engine": self.engine, "params": dict(self.params)}
+
+    @property
+    def base(self) -> str:
+        """The base voice, `ENGINE:NAME`: what makes this voice a different person, without
+        the pitch, rate, gap, stretch, speed, scale or warp that only vary one.
+
+        espeak-ng: the variant (`default` without one; the language is an accent, not
+        another person); flite: the voice, with kal and kal16 as one (the same recorded
+        speaker at 8 and 16 kHz); piper: the model file's name (plus `-spN` for a speaker
+        of a multi-speaker model); kokoro: the shipped style with the largest weight, or
+        the style file's name; command: the speaker id (nothing else is known about it).
+        Voices of one base are near-copies of each other, so a held-out voice must not
+        share its base with a training voice (`grid.plan_grid`). A base key has a ':',
+        which no speaker id has.
+
+        >>> Voice("flite", {"voice": "kal16", "f0_mean": 120}).base
+        'flite:kal'
+        >>> Voice("kokoro", {"weights": {"jf_alpha": 0.3, "jm_kumo": 0.7}}).base
+        'kokoro:jm_kumo'
+        """
+        p = self.params
+        if self.engine == "espeak-ng":
+            name = p.get("variant", "default")
+        elif self.engine == "flite":
+            name = FLITE_SAME_SPEAKER.get(p["voice"], p["voice"])
+        elif self.engine == "piper":
+            name = Path(p["model"]).stem if "model" in p else "en_US-joe-medium"
+            name += f"-sp{p['speaker_id']}" if "speaker_id" in p else ""
+        elif self.engine == "kokoro":
+            # max keeps the first of equal weights, in the fixed KOKORO_STYLES order.
+            name = Path(p["style_file"]).stem if "style_file" in p else max(p["weights"], key=p["weights"].get)
+        else:
+            name = self.speaker
+        return f"{self.engine}:{name}"
 
 
 def _check_range(engine: str, name: str, value: Any, bounds: tuple[float, float], kind: type) -> Any:

@@ -10,10 +10,11 @@ Read top to bottom, `train` does:
 4. per step: a grid block from `GridSampler`, the interventional loss, one update; log
    the loss terms to `train_log.csv`;
 5. every `val_every` steps: embed the validation rows (held-out voices, split "val") and
-   log, for every subspace and every factor, the EER of cosine scores over all pairs and
-   the leave-one-out nearest-neighbour accuracy, to `val_log.csv`. The model with the
-   best validation score (mean EER of each factor in its own subspace) is saved to
-   `out_dir`; training stops early after `patience` validations without improvement;
+   log, for every subspace and every factor, the EER of cosine scores over all pairs, the
+   leave-one-out nearest-neighbour accuracy and the contrastive loss (the training loss's
+   term, at its temperature and margin, over all validation rows as one batch), to
+   `val_log.csv`. The model with the best validation score is saved to `out_dir`;
+   training stops early after `patience` validations without improvement;
 6. every `checkpoint_every` steps and at the end: an atomic checkpoint (weights,
    optimizer, scheduler, RNG, early-stopping state). A run killed at any moment and
    started again with the same arguments ends at the same weights as an uninterrupted one.
@@ -28,6 +29,22 @@ the model. For example, on 2 CPU processes (gloo; on GPUs, with `device = "cuda"
 one GPU per rank):
 
     torchrun --standalone --nproc_per_node 2 -m subspaces.cli train --features F --manifest M --out O
+
+**The validation score** (`val_log.csv`'s `score`, lower is better) is, by default
+(`select_by = "loss"`), the mean over factors of each factor's contrastive loss in its
+own subspace on the validation rows. EER is not used to choose: it only counts which
+pairs fall on the wrong side of one threshold, so once the held-out voices are separable
+it is 0 at every validation (as it was on the demo's grid) and cannot tell checkpoints
+apart; on a few hundred pairs it also moves in coarse steps. The contrastive loss is a
+smooth function of every pair's cosine, above 0 for any embedding (cosines are bounded),
+so it still ranks checkpoints by how far held-out positives are from their negatives;
+and it is the training objective measured on voices and texts training never heard, so
+it goes up when training fits the training voices at the expense of new ones. It is not
+EER: it can rise while EER still falls (wider margins on some pairs, narrower on others),
+and the mean follows whichever factor's loss moves most, so both EERs stay in the log.
+Its value depends on how many rows validate: compare it within one run. `select_by =
+"eer"` chooses by the mean EER of each factor in its own subspace instead (the rule
+before this one; ties keep the earlier step).
 
 The output folder:
 
@@ -65,16 +82,18 @@ import pandas as pd
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
-from tqdm.auto import tqdm
 
 from .atomic import write_text_atomic
 from .losses import interventional_loss
 from .model import SubspaceConfig, SubspaceModel
+from .progress import progress_bar
 from .sampler import GridSampler
 
 __all__ = ["TrainConfig", "TrainError", "load_recipe", "train", "write_recipe"]
 
 SELECTIONS = ("best", "last")
+# What "best" is judged by; see the module docstring.
+SELECT_BY = ("loss", "eer")
 STATE_FILE = "training_state.pt"
 
 
@@ -99,6 +118,9 @@ class TrainConfig:
     layer_lr_scale: the layer-mix weights learn at max_lr x this (they need far more
         than the MLP to leave uniform within a few hundred steps).
     select: which weights end in out_dir, "best" on validation or "last".
+    select_by: what "best" means: "loss" (the mean validation contrastive loss of each
+        factor in its own subspace) or "eer" (the mean validation EER of each factor in
+        its own subspace, which saturates at 0 on separable held-out voices).
     patience: validations without improvement before stopping early; 0 = never.
     val_every / checkpoint_every: in steps; 0 = only at the end.
     val_max_items: validation rows scored (a fixed random subset when there are more).
@@ -135,6 +157,7 @@ class TrainConfig:
     val_max_items: int = 1000
     patience: int = 0
     select: str = "best"
+    select_by: str = "loss"
     checkpoint_every: int = 60
     tensorboard: bool = False
     device: str = "cpu"
@@ -180,6 +203,8 @@ class TrainConfig:
                 problems.append(f"lda_init needs a fixed layer (an index or one per subspace), got layer = {self.layer!r}")
         if self.select not in SELECTIONS:
             problems.append(f"select must be one of {', '.join(SELECTIONS)}, got {self.select!r}")
+        if self.select_by not in SELECT_BY:
+            problems.append(f"select_by must be one of {', '.join(SELECT_BY)}, got {self.select_by!r}")
         if problems:
             raise TrainError("; ".join(problems))
 
@@ -236,6 +261,7 @@ _FIELD_TYPES = {
     "val_max_items": "an integer",
     "patience": "an integer",
     "select": "a string",
+    "select_by": "a string",
     "checkpoint_every": "an integer",
     "tensorboard": "a boolean",
     "device": "a string",
@@ -430,7 +456,7 @@ def _train(
         # Ranks draw their own dropout masks: a stream per (seed, rank, step resumed at).
         torch.manual_seed(int(np.random.SeedSequence([config.seed, rank, state["step"]]).generate_state(1)[0]))
     term_names = _term_names(config)
-    val_names = [f"{s}/{f}_{m}" for s in model_config.sizes for f in factor_names for m in ("eer", "nn_accuracy")]
+    val_names = [f"{s}/{f}_{m}" for s in model_config.sizes for f in factor_names for m in ("eer", "nn_accuracy", "loss")]
     train_log = _CsvLog(out_dir / "train_log.csv", ["step", "lr", "loss", *term_names], state["step"]) if writer else None
     validating = len(val_rows) > 0
     val_log = _CsvLog(out_dir / "val_log.csv", ["step", "score", *val_names], state["step"]) if validating and writer else None
@@ -440,7 +466,7 @@ def _train(
         return {"training": {"recipe": config.to_dict(), "data": fingerprint, "step": step, "validation": scores}}
 
     # 4-6. the loop
-    progress = tqdm(total=config.steps, initial=state["step"], desc="train", disable=None if writer else True)
+    progress = progress_bar(total=config.steps, initial=state["step"], desc="train", enabled=writer)
     while state["step"] < config.steps and not state["finished"]:
         rows = torch.from_numpy(train_rows[sampler.batch(state["step"])])
         if world_size == 1:
@@ -474,8 +500,9 @@ def _train(
         at_end = step == config.steps
         validate_now = validating and (at_end or (config.val_every and step % config.val_every == 0))
         if validate_now and val_log is not None:
-            scores = _validate(model, features[val_rows], {n: codes[n][val_rows] for n in factor_names}, device)
-            score = float(np.mean([scores[f"{name}/{name}_eer"] for name in factor_names]))
+            scores = _validate(model, features[val_rows], {n: codes[n][val_rows] for n in factor_names}, device,
+                               temperature=config.temperature, margin=config.margin)
+            score = float(np.mean([scores[f"{name}/{name}_{config.select_by}"] for name in factor_names]))
             val_log.write([step, score, *(scores[name] for name in val_names)])
             if board is not None:
                 for name, value in scores.items():
@@ -576,9 +603,14 @@ def _term_names(config: TrainConfig) -> list[str]:
 
 @torch.no_grad()
 def _validate(
-    model: SubspaceModel, features: torch.Tensor, factors: dict[str, torch.Tensor], device: torch.device
+    model: SubspaceModel, features: torch.Tensor, factors: dict[str, torch.Tensor], device: torch.device, *,
+    temperature: float, margin: float = 0.0,
 ) -> dict[str, float]:
-    """For every subspace and factor: pairwise cosine EER and leave-one-out 1-NN accuracy."""
+    """For every subspace and factor (`{factor: long[N]}` codes of the N rows of
+    `features`): pairwise cosine EER, leave-one-out 1-NN accuracy, and the contrastive
+    loss with that factor's positives over all N rows as one batch (`SUBSPACE/FACTOR_eer`,
+    `_nn_accuracy`, `_loss`)."""
+    from .losses import same_value, supervised_contrastive_loss
     from .metrics import eer
 
     model.eval()
@@ -595,6 +627,8 @@ def _validate(
             same = (values[upper[0]] == values[upper[1]]).numpy()
             scores[f"{name}/{factor}_eer"] = eer(pair_scores, same)
             scores[f"{name}/{factor}_nn_accuracy"] = (values[nearest] == values).float().mean().item()
+            scores[f"{name}/{factor}_loss"] = supervised_contrastive_loss(
+                vectors, same_value(values), temperature, margin).item()
     return scores
 
 

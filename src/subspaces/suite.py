@@ -1,0 +1,129 @@
+"""Named evaluation suites: the development corpora (choose settings here) and the test set.
+
+    dev   KLettres + KTuberling: about 50 real people in 20-odd languages, recorded
+          letters, syllables and object words (Debian's klettres-data and ktuberling-data;
+          `scripts/install.sh` installs them). Settings, thresholds and checkpoints are
+          chosen here or on the synthetic validation split.
+    test  FSDD (600 clips: 10 per speaker x digit), bundled. Reported, never chosen on.
+
+In the dev corpora one language is mostly one person, so a verifier can look good by
+telling languages apart: every table also reports same-language trials (different people
+speaking one language; the corpus' `language` column, see `evaluate.verification`) and
+cross-language trials. Every person there is also one recording session, so speaker and
+channel are confounded.
+
+`evaluate_suite` scores one or several models (e.g. one per seed) on every corpus of a
+suite, beside the raw backbone layers and Resemblyzer, and writes one report per corpus.
+
+>>> SUITES["dev"]
+('klettres', 'ktuberling')
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from .atomic import write_text_atomic
+from .backbones import Backbone
+from .corpora import load_corpus
+from .evaluate import summarize_runs, summary_table
+from .manifest import read_manifest, write_manifest
+
+__all__ = ["SUITES", "evaluate_suite", "load_suite", "suite_corpus"]
+
+SUITES: dict[str, tuple[str, ...]] = {"dev": ("klettres", "ktuberling"), "test": ("fsdd",)}
+# FSDD as the demo scores it: 10 clips per speaker x digit, drawn with seed 0 (600 clips).
+FSDD_PER_SPEAKER_DIGIT = 10
+
+
+class SuiteError(ValueError):
+    """An unknown suite name, or a suite whose corpora cannot be read."""
+
+
+def _corpus(name: str) -> pd.DataFrame:
+    if name == "fsdd":
+        return load_corpus("fsdd", limit_per_speaker_digit=FSDD_PER_SPEAKER_DIGIT, seed=0)
+    return load_corpus(name)
+
+
+def load_suite(suite: str) -> dict[str, pd.DataFrame]:
+    """The manifests of a suite's corpora: {corpus name: manifest}.
+
+    >>> tables = load_suite("test")
+    >>> {name: len(table) for name, table in tables.items()}
+    {'fsdd': 600}
+    """
+    if suite not in SUITES:
+        raise SuiteError(f"unknown suite {suite!r}; valid suites: {', '.join(SUITES)}")
+    return {name: _corpus(name) for name in SUITES[suite]}
+
+
+def suite_corpus(suite: str) -> pd.DataFrame:
+    """All of a suite's corpora in one manifest (rows keep their `source`), e.g. to
+    calibrate a threshold on the whole dev suite. Pairs across corpora are non-targets.
+
+    >>> table = suite_corpus("test")
+    >>> sorted(table["source"].unique())
+    ['fsdd']
+    """
+    tables = load_suite(suite)
+    table = pd.concat(list(tables.values()), ignore_index=True)
+    speakers = table.groupby("speaker")["source"].nunique()
+    shared = sorted(speakers[speakers > 1].index)
+    if shared:
+        raise SuiteError(f"suite {suite!r}: speaker label(s) {', '.join(shared[:5])} appear in two corpora; "
+                         "their trials would mix two people or two sessions")
+    table.attrs["root"] = "/"
+    return table
+
+
+def evaluate_suite(
+    model_dirs: Sequence[str | Path], suite: str, out_dir: str | Path, *, max_trials: int | None = None,
+    seed: int = 0, baseline: bool = True, backbone: Backbone | None = None,
+) -> dict:
+    """Evaluate models on every corpus of a suite and write, under `out_dir`:
+
+        <corpus>/manifest.csv, <corpus>/features/   (extracted once, shared by the models)
+        <corpus>/report.md, metrics.json, plots     (one model), or
+        <corpus>/model-K/... and <corpus>/summary.md (several: mean +- std)
+        metrics.json, report.md                     every corpus' table
+
+    `backbone` defaults to the one each model names. Returns {"suite", "models",
+    "corpora": {corpus: results of one model, or {"systems": mean +- std summary} for
+    several}}.
+    """
+    from .pipeline import evaluate_model
+
+    if not model_dirs:
+        raise SuiteError("evaluate_suite needs at least one model folder")
+    out = Path(out_dir)
+    results: dict = {"suite": suite, "models": [str(m) for m in model_dirs], "corpora": {}}
+    tables = load_suite(suite)
+    sections = [f"# Suite {suite!r}: {', '.join(tables)}", ""]
+    for name, table in tables.items():
+        folder = out / name.split(":")[0]
+        write_manifest(table, folder / "manifest.csv")
+        table = read_manifest(folder / "manifest.csv")
+        runs = []
+        for k, model in enumerate(model_dirs):
+            report_dir = folder if len(model_dirs) == 1 else folder / f"model-{k}"
+            print(f"[suite] {name}: model {k + 1}/{len(model_dirs)} {model}", flush=True)
+            runs.append(evaluate_model(model, table, folder / "features", report_dir, max_trials=max_trials,
+                                       seed=seed, title=f"{suite} suite, {name}: {model}", baseline=baseline,
+                                       backbone=backbone))
+        if len(runs) == 1:
+            results["corpora"][name] = runs[0]
+            markdown = summary_table(runs[0])
+        else:
+            summary, markdown = summarize_runs(runs)
+            results["corpora"][name] = {"systems": summary, "runs": len(runs)}
+            write_text_atomic(folder / "summary.md", f"# {name}: {len(runs)} models\n\n{markdown}\n")
+        sections += [f"## {name} ({len(table)} clips, {table['speaker'].nunique()} speakers)", "", markdown, ""]
+        print(f"\n{name} ({len(table)} clips, {table['speaker'].nunique()} speakers)\n{markdown}\n", flush=True)
+    write_text_atomic(out / "metrics.json", json.dumps(results, indent=2, default=str) + "\n")
+    write_text_atomic(out / "report.md", "\n".join(sections))
+    return results
