@@ -275,3 +275,18 @@ def test_report_plots_a_bounded_sample_and_names_language_groups(corpus, tmp_pat
     text = report.read_text()
     assert "same-language" in text and "| EER same-lang |" in text and "a sample of 2,000" in text
     assert (tmp_path / "det.png").stat().st_size > 1000 and (tmp_path / "scores.png").stat().st_size > 1000
+
+
+def test_same_language_trials_keep_only_languages_of_two_or_more_speakers():
+    # en: speakers a, b (contested); de: speaker c alone; fr: speaker d alone. c's and d's
+    # own pairs are same-speaker pairs within one language, but no impostor speaks their
+    # language: they are in no language group (pooling them would compare de targets with
+    # en impostors). Cross-language pairs are unchanged.
+    table = pd.DataFrame({"speaker": list("aabbccdd"), "content": list("xyxyxyxy"),
+                          "language": ["en"] * 4 + ["de"] * 2 + ["fr"] * 2})
+    vectors = np.random.default_rng(1).normal(size=(8, 3))
+    for result in (verification_all_pairs(vectors, table), verification(vectors, make_trials(table))):
+        assert (result["same_language"]["targets"], result["same_language"]["nontargets"]) == (2, 4)
+        assert (result["cross_language"]["targets"], result["cross_language"]["nontargets"]) == (0, 20)
+    counts = evaluate_systems({"x": vectors}, table, progress=False, probes=False)["trials"]
+    assert counts["same_language"] == 6 and counts["cross_language"] == 20 and counts["total"] == 28

@@ -149,6 +149,21 @@ def test_ktuberling_reader_takes_speakers_from_artist_tags(tmp_path):
     assert sorted(table["sample_rate"].unique()) == [22050, 44100]
 
 
+def test_a_folder_tagged_with_two_names_stays_one_mixed_label(tmp_path):
+    # 11 files tagged "A and B" and one untagged: the untagged file is not given the label
+    # "A and B" as if it were one person; the folder stays one "mixed" label.
+    sounds = tmp_path / "ktuberling" / "sounds"
+    lines = ['<language code="el">']
+    for k in range(12):
+        _tone(sounds / "el" / f"w{k}.ogg", 150 + 9 * k, artist="" if k == 11 else "Anna and Bea")
+        lines.append(f'<sound name="w{k}" file="el/w{k}.ogg"/>')
+    (sounds / "el.soundtheme").write_text("\n".join(lines + ["</language>"]))
+    table = read_ktuberling(tmp_path / "ktuberling")
+    assert set(table["speaker"]) == {"ktuberling-el"}
+    assert table.set_index("concept").loc["w11", "confidence"] == "assumed"
+    assert (table.set_index("concept").drop(index="w11")["confidence"] == "mixed").all()
+
+
 def test_ktuberling_reader_accepts_the_sounds_folder_itself_and_reports_bad_themes(tmp_path):
     root = _ktuberling(tmp_path / "ktuberling")
     assert len(read_ktuberling(root / "sounds")) == len(read_ktuberling(root))
@@ -238,11 +253,20 @@ def test_evaluate_suite_writes_one_table_per_corpus(tmp_path, monkeypatch, tiny_
     for kind in ("klettres", "ktuberling"):
         assert (tmp_path / "out" / kind / "report.md").is_file()
         assert (tmp_path / "out" / kind / "features" / "store.json").is_file()
+    # Folders credited to two people (KLettres es, KTuberling el) are not scored; their
+    # features are still in the store, which keeps every row of the corpus.
+    from subspaces.manifest import read_manifest
+
+    scored = read_manifest(tmp_path / "out" / "klettres" / "manifest.csv")
+    everything = read_manifest(tmp_path / "out" / "klettres" / "manifest-all.csv")
+    assert "es" not in set(scored["locale"]) and "es" in set(everything["locale"])
+    assert results["corpora"][f"klettres:{klettres}"]["utterances"] == len(scored) == len(everything) - 3
     written = json.loads((tmp_path / "out" / "metrics.json").read_text())
     ours = written["corpora"][f"ktuberling:{ktuberling}"]["systems"]["ours: speaker subspace"]
     assert ours["verification"]["all"]["eer"] is not None
     report = (tmp_path / "out" / "report.md").read_text()
     assert report.count("| ours: speaker subspace |") == 2 and "| raw layer 2 |" in report
+    assert "3 clips of folders credited to two people left out" in report
     # Two models (e.g. seeds): one mean +- std table per corpus; the features are extracted once.
     again = _untrained_model(tmp_path / "model2", tiny_whisper)
     results = suite.evaluate_suite([model, again], "dev", tmp_path / "out", baseline=False, backbone=tiny_whisper)

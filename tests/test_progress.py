@@ -28,9 +28,12 @@ def test_lines_are_rate_limited_and_iteration_closes():
     assert out.getvalue().startswith("[synthesising] 1000/1000 text")
 
 
-def test_progress_bar_writes_lines_when_stderr_is_not_a_terminal(capsys):
+def test_progress_bar_writes_lines_when_stderr_is_not_a_terminal(capsys, monkeypatch):
+    import sys
+
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: False, raising=False)
     bar = progress_bar(total=2, desc="train", unit="step")
-    assert isinstance(bar, LogProgress)  # pytest's captured stderr is not a terminal
+    assert isinstance(bar, LogProgress)
     bar.update(2)
     bar.close()
     assert "[train] 2/2 step" in capsys.readouterr().err

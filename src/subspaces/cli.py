@@ -221,8 +221,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.suite:
         from .suite import evaluate_suite
 
-        if args.corpus or args.trials:
-            raise ValueError("--suite scores its own corpora; drop --corpus/--trials, or drop --suite")
+        if args.corpus or args.trials or args.official_split:
+            raise ValueError("--suite scores its own corpora; drop --corpus/--trials/--official-split, or drop --suite")
         evaluate_suite(args.model, args.suite, out, max_trials=args.max_trials)
         print(f"report: {out / 'report.md'}")
         return 0
@@ -348,6 +348,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .suite import SUITES
+
     parser = argparse.ArgumentParser(
         prog="subspaces",
         description="Post-train frozen speech foundation models into speaker and content subspaces.",
@@ -448,7 +450,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 description=cmd_evaluate.__doc__)
     evaluate.add_argument("--model", required=True, nargs="+", help="model folder(s); several (e.g. seeds) are summarised")
     evaluate.add_argument("--corpus", help="KIND:PATH (default: the bundled FSDD, the test set)")
-    evaluate.add_argument("--suite", choices=("dev", "test"),
+    evaluate.add_argument("--suite", choices=tuple(SUITES),
                           help="a named suite instead of --corpus: dev = KLettres + KTuberling (choose settings "
                                "here), test = FSDD; one table per corpus")
     evaluate.add_argument("--out", required=True)

@@ -666,7 +666,7 @@ def _language(locale: str) -> str:
     return re.split(r"[_@]", locale)[0]
 
 
-def _drop_duplicate_audio(rows: list[dict], source: str) -> tuple[list[dict], int]:
+def _drop_duplicate_audio(rows: list[dict]) -> tuple[list[dict], int]:
     """Keep the first row of every byte-identical audio file (rows in sorted locale order,
     so 'sr' is kept and its 'sr@latin' copy dropped)."""
     import hashlib
@@ -681,7 +681,7 @@ def _drop_duplicate_audio(rows: list[dict], source: str) -> tuple[list[dict], in
 
 
 def _finish_kde(rows: list[dict], root: Path, source: str) -> pd.DataFrame:
-    rows, duplicates = _drop_duplicate_audio(rows, source)
+    rows, duplicates = _drop_duplicate_audio(rows)
     table = _to_manifest(rows, root, source)
     table.attrs["dropped_duplicates"] = duplicates
     return table
@@ -772,7 +772,7 @@ def read_ktuberling(root: str | Path | None = None) -> pd.DataFrame:
         # A folder tagged by one person except for a few files (Walloon: 1 of 71) is taken
         # to be that person throughout; a larger untagged part (Danish: 126 of 166) is
         # another, unnamed person.
-        named = {a for a in artists if a}
+        named = {a for a in artists if a and not _SEVERAL_PEOPLE.search(a)}
         majority = next(iter(named)) if len(named) == 1 and artists.count("") <= 0.1 * len(artists) else ""
         for (concept, file), artist in zip(entries, artists):
             if artist:

@@ -8,8 +8,10 @@ manifest; every system is scored on the same trials and the same probe folds.
   over content-matched trials (both clips say the same thing) and content-mismatched
   ones: a speaker embedding that still carries content looks good on the first and bad
   on the second. When the manifest has a `language` column with at least 2 languages,
-  also over same-language trials (impostors speak the same language, so language cannot
-  pass for speaker) and cross-language ones (one person in two languages).
+  also over same-language trials (both clips in one language spoken by at least 2
+  speakers: targets and impostors alike come from such languages, so telling languages
+  apart cannot pass for telling people apart) and cross-language trials (the clips are in
+  different languages; targets are one person in two languages, where any exist).
   All pairs of the manifest are scored in row blocks into fine score histograms
   (`verification_all_pairs`: memory does not grow with the number of pairs); a seeded
   sample of pairs (`make_trials`) or a trial list (`trials_from_list`) is scored exactly
@@ -97,26 +99,38 @@ def _codes(values: pd.Series, empty_is_unknown: bool = True) -> np.ndarray:
     return codes
 
 
-def _language_codes(table: pd.DataFrame) -> np.ndarray | None:
-    """Language code per row (-1 = none), or None when the manifest has no `language`
-    column with at least 2 distinct non-empty values (no language groups then)."""
+def _language_codes(table: pd.DataFrame) -> tuple[np.ndarray, np.ndarray] | None:
+    """(language code per row, -1 = none; contested: bool[N], the row's language is
+    spoken by at least 2 speakers), or None when the manifest has no `language` column
+    with at least 2 distinct non-empty values (no language groups then).
+
+    Same-language trials are kept to contested languages: a language spoken by one person
+    gives same-language targets but no same-language non-targets, and pooling its targets
+    with another language's non-targets would again let per-language score offsets pass
+    for speaker differences."""
     if "language" not in table.columns:
         return None
     codes = _codes(table["language"])
-    return codes if len(np.unique(codes[codes >= 0])) >= 2 else None
+    if len(np.unique(codes[codes >= 0])) < 2:
+        return None
+    speakers = pd.Series(_labels(table["speaker"])).groupby(codes).nunique()
+    contested_codes = speakers.index[(speakers.index >= 0) & (speakers.to_numpy() >= 2)].to_numpy()
+    return codes, np.isin(codes, contested_codes)
 
 
 def _trial_frame(table: pd.DataFrame, enroll: np.ndarray, test: np.ndarray, target: np.ndarray) -> pd.DataFrame:
     """Trials as a DataFrame: enroll, test, target, same_content (both clips carry the
-    same non-empty content label) and, with language groups, same_language and
-    cross_language (both clips carry a language; the same one, or different ones)."""
+    same non-empty content label) and, with language groups, same_language (both clips
+    in one language that at least 2 speakers speak) and cross_language (both clips carry
+    a language, and they differ)."""
     contents = _labels(table["content"])
     columns = {"enroll": enroll, "test": test, "target": target,
                "same_content": (contents[enroll] == contents[test]) & (contents[enroll] != "")}
-    language = _language_codes(table)
-    if language is not None:
+    languages = _language_codes(table)
+    if languages is not None:
+        language, contested = languages
         known = (language[enroll] >= 0) & (language[test] >= 0)
-        columns["same_language"] = known & (language[enroll] == language[test])
+        columns["same_language"] = known & (language[enroll] == language[test]) & contested[enroll]
         columns["cross_language"] = known & (language[enroll] != language[test])
     return pd.DataFrame(columns)
 
@@ -325,7 +339,8 @@ def verification_all_pairs(
     unit = _unit(embeddings).astype(np.float32)
     speaker = _codes(table["speaker"], empty_is_unknown=False)
     content = _codes(table["content"])
-    language = _language_codes(table)
+    languages = _language_codes(table)
+    language, contested = languages if languages is not None else (None, None)
     # cell = 6 * same speaker + 3 * same content + language relation (0-2); 12 = not a pair.
     cells, not_a_pair = 12, 12
     counts = np.zeros(cells * bins, dtype=np.int64)
@@ -343,7 +358,7 @@ def verification_all_pairs(
         if language is not None:
             known = (language[rows, None] >= 0) & (language[None, after] >= 0)
             same = language[rows, None] == language[None, after]
-            cell += known * np.where(same, SAME_LANGUAGE, CROSS_LANGUAGE)
+            cell += known * np.where(same, np.where(contested[rows, None], SAME_LANGUAGE, 0), CROSS_LANGUAGE)
         width = stop - start
         cell[:, :width][np.tril_indices(width)] = not_a_pair  # the row itself and the rows before it
         index += bins * cell
@@ -375,11 +390,12 @@ def _all_pair_counts(table: pd.DataFrame) -> dict:
     n = len(table)
     counts = {"total": n * (n - 1) // 2, "targets": _pairs_within(_codes(table["speaker"], empty_is_unknown=False)),
               "content_matched": _pairs_within(_codes(table["content"]))}
-    language = _language_codes(table)
-    if language is not None:
+    languages = _language_codes(table)
+    if languages is not None:
+        language, contested = languages
         known = int((language >= 0).sum())
-        counts["same_language"] = _pairs_within(language)
-        counts["cross_language"] = known * (known - 1) // 2 - counts["same_language"]
+        counts["same_language"] = _pairs_within(np.where(contested, language, -1))
+        counts["cross_language"] = known * (known - 1) // 2 - _pairs_within(language)
     return counts
 
 
@@ -412,8 +428,8 @@ def speaker_folds(speakers: np.ndarray, test_speakers: int = 2, max_folds: int =
     give 3 folds of train-on-4, test-on-2. When that would make more than `max_folds`
     folds, the sorted speakers are instead dealt round-robin into `max_folds` groups of
     near-equal size, so every speaker is tested once (50 speakers: 5 folds of 10), and
-    speakers whose labels sort together (a corpus' `klettres-en`, `klettres-en_GB`) land
-    in different folds, where they can share content classes across training and test.
+    speakers whose labels sort next to each other (KLettres' `Robert Wadley` and
+    `klettres-ar`, ..., `klettres-en_GB`) are spread over folds rather than tested together.
 
     >>> [fold.tolist() for fold in speaker_folds(np.array(list("abcdefa")))]
     [['a', 'b'], ['c', 'd'], ['e', 'f']]

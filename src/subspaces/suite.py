@@ -33,7 +33,7 @@ from .corpora import load_corpus
 from .evaluate import summarize_runs, summary_table
 from .manifest import read_manifest, write_manifest
 
-__all__ = ["SUITES", "evaluate_suite", "load_suite", "suite_corpus"]
+__all__ = ["SUITES", "evaluate_suite", "load_suite", "scored_rows", "suite_corpus"]
 
 SUITES: dict[str, tuple[str, ...]] = {"dev": ("klettres", "ktuberling"), "test": ("fsdd",)}
 # FSDD as the demo scores it: 10 clips per speaker x digit, drawn with seed 0 (600 clips).
@@ -50,8 +50,27 @@ def _corpus(name: str) -> pd.DataFrame:
     return load_corpus(name)
 
 
+def scored_rows(table: pd.DataFrame) -> pd.DataFrame:
+    """The rows a suite scores: all but those whose speaker label is a folder that the
+    credits say holds two people (`confidence == "mixed"`: KLettres es and nb, KTuberling
+    el and nn), whose same-speaker pairs may pair two people. `attrs["dropped_mixed"]`
+    counts them.
+
+    >>> table = pd.DataFrame({"speaker": ["a", "b"], "confidence": ["tagged", "mixed"]})
+    >>> kept = scored_rows(table)
+    >>> len(kept), kept.attrs["dropped_mixed"]
+    (1, 1)
+    """
+    if "confidence" not in table.columns:
+        kept = table.copy()
+    else:
+        kept = table[table["confidence"].astype(str) != "mixed"].reset_index(drop=True)
+    kept.attrs = {**table.attrs, "dropped_mixed": len(table) - len(kept)}
+    return kept
+
+
 def load_suite(suite: str) -> dict[str, pd.DataFrame]:
-    """The manifests of a suite's corpora: {corpus name: manifest}.
+    """The manifests of a suite's corpora, `scored_rows` of each: {corpus name: manifest}.
 
     >>> tables = load_suite("test")
     >>> {name: len(table) for name, table in tables.items()}
@@ -59,7 +78,7 @@ def load_suite(suite: str) -> dict[str, pd.DataFrame]:
     """
     if suite not in SUITES:
         raise SuiteError(f"unknown suite {suite!r}; valid suites: {', '.join(SUITES)}")
-    return {name: _corpus(name) for name in SUITES[suite]}
+    return {name: scored_rows(_corpus(name)) for name in SUITES[suite]}
 
 
 def suite_corpus(suite: str) -> pd.DataFrame:
@@ -87,7 +106,8 @@ def evaluate_suite(
 ) -> dict:
     """Evaluate models on every corpus of a suite and write, under `out_dir`:
 
-        <corpus>/manifest.csv, <corpus>/features/   (extracted once, shared by the models)
+        <corpus>/manifest.csv                       the scored rows (`scored_rows`)
+        <corpus>/manifest-all.csv, features/        every row; extracted once, shared by the models
         <corpus>/report.md, metrics.json, plots     (one model), or
         <corpus>/model-K/... and <corpus>/summary.md (several: mean +- std)
         metrics.json, report.md                     every corpus' table
@@ -102,10 +122,16 @@ def evaluate_suite(
         raise SuiteError("evaluate_suite needs at least one model folder")
     out = Path(out_dir)
     results: dict = {"suite": suite, "models": [str(m) for m in model_dirs], "corpora": {}}
-    tables = load_suite(suite)
-    sections = [f"# Suite {suite!r}: {', '.join(tables)}", ""]
-    for name, table in tables.items():
+    if suite not in SUITES:
+        raise SuiteError(f"unknown suite {suite!r}; valid suites: {', '.join(SUITES)}")
+    sections = [f"# Suite {suite!r}: {', '.join(SUITES[suite])}", ""]
+    for name in SUITES[suite]:
         folder = out / name.split(":")[0]
+        # Features are extracted for the whole corpus (manifest-all.csv), so a store stays
+        # valid whichever rows are scored; the scored rows are manifest.csv.
+        write_manifest(_corpus(name), folder / "manifest-all.csv")
+        everything = read_manifest(folder / "manifest-all.csv")
+        table = scored_rows(everything)
         write_manifest(table, folder / "manifest.csv")
         table = read_manifest(folder / "manifest.csv")
         runs = []
@@ -114,7 +140,7 @@ def evaluate_suite(
             print(f"[suite] {name}: model {k + 1}/{len(model_dirs)} {model}", flush=True)
             runs.append(evaluate_model(model, table, folder / "features", report_dir, max_trials=max_trials,
                                        seed=seed, title=f"{suite} suite, {name}: {model}", baseline=baseline,
-                                       backbone=backbone))
+                                       backbone=backbone, store_manifest=everything))
         if len(runs) == 1:
             results["corpora"][name] = runs[0]
             markdown = summary_table(runs[0])
@@ -122,7 +148,9 @@ def evaluate_suite(
             summary, markdown = summarize_runs(runs)
             results["corpora"][name] = {"systems": summary, "runs": len(runs)}
             write_text_atomic(folder / "summary.md", f"# {name}: {len(runs)} models\n\n{markdown}\n")
-        sections += [f"## {name} ({len(table)} clips, {table['speaker'].nunique()} speakers)", "", markdown, ""]
+        dropped = len(everything) - len(table)
+        note = f"; {dropped} clips of folders credited to two people left out" if dropped else ""
+        sections += [f"## {name} ({len(table)} clips, {table['speaker'].nunique()} speakers{note})", "", markdown, ""]
         print(f"\n{name} ({len(table)} clips, {table['speaker'].nunique()} speakers)\n{markdown}\n", flush=True)
     write_text_atomic(out / "metrics.json", json.dumps(results, indent=2, default=str) + "\n")
     write_text_atomic(out / "report.md", "\n".join(sections))
