@@ -209,13 +209,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     """Evaluate trained models (e.g. one per seed) on real speech beside the raw backbone
     layers and the Resemblyzer baseline; write a report per model and, for several, their
     mean and standard deviation."""
-    import json
-
-    from .atomic import write_text_atomic
     from .corpora import load_corpus, read_trials
-    from .evaluate import summarize_runs, summary_table
     from .manifest import read_manifest, write_manifest
-    from .pipeline import evaluate_model
+    from .pipeline import evaluate_models
 
     out = Path(args.out)
     if args.suite:
@@ -236,19 +232,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     table = read_manifest(out / "manifest.csv")
     trial_list = read_trials(args.trials) if args.trials else None
     official = args.official_split or kind.startswith("speech-commands")
-    runs = []
-    for k, model in enumerate(args.model):
-        report_dir = out if len(args.model) == 1 else out / f"model-{k}"
-        results = evaluate_model(model, table, out / "features", report_dir, max_trials=args.max_trials,
-                                 title=f"{args.corpus}: {model}", trial_list=trial_list, official_split=official)
-        print(summary_table(results))
-        print(f"report: {report_dir / 'report.md'}")
-        runs.append(results)
-    if len(runs) > 1:
-        summary, markdown = summarize_runs(runs)
-        write_text_atomic(out / "summary.json", json.dumps({"models": args.model, "systems": summary}, indent=2) + "\n")
-        write_text_atomic(out / "summary.md", f"# {args.corpus}: {len(runs)} models\n\n{markdown}\n")
-        print(markdown)
+    runs, _, markdown = evaluate_models(args.model, table, out, name=args.corpus, max_trials=args.max_trials,
+                                     trial_list=trial_list, official_split=official)
+    print(markdown)
+    print(f"report: {out / ('report.md' if len(runs) == 1 else 'summary.md')}")
     return 0
 
 

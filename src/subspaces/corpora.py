@@ -31,6 +31,7 @@ import soundfile as sf
 from tqdm.auto import tqdm
 
 from .manifest import COLUMNS, validate_manifest
+from .progress import progress_bar
 
 __all__ = [
     "CORPUS_KINDS",
@@ -93,7 +94,7 @@ def _to_manifest(rows: list[dict], root: Path, source: str) -> pd.DataFrame:
         raise CorpusError(f"{root}: no utterances found for {source}")
     table = pd.DataFrame(rows)
     durations, rates = [], []
-    for path in tqdm(table["path"], desc=f"reading {source} headers", unit="file", disable=None):
+    for path in progress_bar(table["path"], total=len(table), desc=f"reading {source} headers", unit="file"):
         duration, rate = _audio_header(Path(path))
         durations.append(duration)
         rates.append(rate)
@@ -661,6 +662,19 @@ def _sound_entries(xml_file: Path, sections: tuple[str, ...]) -> list[tuple[str,
     return entries
 
 
+def _shipped(entries: list[tuple], folder: Path, listing: Path) -> list[tuple]:
+    """The entries (tuples ending in a file path relative to `folder`) whose file exists.
+    Debian ships some locales' lists without any of their sounds (KLettres id and nn,
+    KTuberling id): those give nothing, silently; a list missing only some of its files
+    (KLettres ml: 3) warns, naming `listing`."""
+    kept = [entry for entry in entries if (folder / entry[-1]).is_file()]
+    if kept and len(kept) < len(entries):
+        missing = next(entry[-1] for entry in entries if entry not in kept)
+        warnings.warn(f"{listing}: {len(entries) - len(kept)} listed file(s) are not in {folder} and are skipped, "
+                      f"e.g. {missing}", stacklevel=3)
+    return kept
+
+
 def _language(locale: str) -> str:
     """'en_GB' -> 'en', 'sr@latin' -> 'sr', 'pt_BR' -> 'pt'."""
     return re.split(r"[_@]", locale)[0]
@@ -707,19 +721,11 @@ def read_klettres(root: str | Path | None = None) -> pd.DataFrame:
     rows = []
     for xml_file in sorted(root.glob("*/sounds.xml")):
         locale = xml_file.parent.name
-        entries = _sound_entries(xml_file, ("alphabet", "syllables"))
-        missing = [file for _, _, file in entries if not (root / file).is_file()]
-        if len(missing) == len(entries):
-            continue  # Debian ships some locales (id, nn) as a sounds.xml whose sounds are absent
-        if missing:  # the Debian package lists a few sounds it does not ship (ml: 3)
-            warnings.warn(f"{xml_file}: {len(missing)} listed file(s) are not in {root} and are skipped, "
-                          f"e.g. {missing[0]}", stacklevel=2)
+        entries = _shipped(_sound_entries(xml_file, ("alphabet", "syllables")), root, xml_file)
         credit, confidence = _KLETTRES_CREDITS.get(locale, ("", "assumed"))
         speaker = credit if confidence in ("credited", "tagged") else f"klettres-{locale}"
         for section, name, file in entries:
             path = root / file
-            if file in missing:
-                continue
             language = _language(locale)
             rows.append(dict(
                 utt_id=f"klettres-{locale}-{section}-{Path(file).stem}", path=str(path), speaker=speaker,
@@ -761,13 +767,7 @@ def read_ktuberling(root: str | Path | None = None) -> pd.DataFrame:
             if sounds / file not in listed:
                 listed.add(sounds / file)
                 entries.append((concept, file))
-        missing = [file for _, file in entries if not (sounds / file).is_file()]
-        if len(missing) == len(entries):
-            continue  # Debian ships some themes (id) without their sounds
-        if missing:
-            warnings.warn(f"{theme}: {len(missing)} listed file(s) are not in {sounds} and are skipped, "
-                          f"e.g. {missing[0]}", stacklevel=2)
-        entries = [(concept, file) for concept, file in entries if file not in missing]
+        entries = _shipped(entries, sounds, theme)
         artists = [_ARTIST_ALIASES.get(a, a) for a in (_artist(sounds / file) for _, file in entries)]
         # A folder tagged by one person except for a few files (Walloon: 1 of 71) is taken
         # to be that person throughout; a larger untagged part (Danish: 126 of 166) is

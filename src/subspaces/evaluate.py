@@ -38,7 +38,7 @@ from collections.abc import Callable, Mapping
 import numpy as np
 import pandas as pd
 
-from .metrics import eer, min_dcf
+from .metrics import eer, eer_of_curve, min_dcf, min_dcf_of_curve
 
 __all__ = [
     "MAX_FOLDS",
@@ -287,24 +287,13 @@ def _histogram_rates(targets_at: np.ndarray, nontargets_at: np.ndarray) -> dict:
     The operating points are "accept bin k and above" for every bin k, plus "accept
     nothing": the points `metrics.det_curve` gives for the scores rounded down to their
     bin's lower edge, except that an empty bin repeats its upper neighbour's point, which
-    moves neither the EER crossing nor the minimum cost. The EER and cost formulas are
-    those of `metrics.eer_with_threshold` and `metrics.min_dcf` (c_miss = c_fa = 1).
+    moves neither the EER crossing nor the minimum cost; the EER and cost are then
+    `metrics.eer_of_curve` and `metrics.min_dcf_of_curve` of those points.
     """
     p_miss = np.concatenate([[0], np.cumsum(targets_at)]) / targets_at.sum()
     p_fa = np.concatenate([np.cumsum(nontargets_at[::-1])[::-1], [0]]) / nontargets_at.sum()
-    gap = p_miss - p_fa  # -1 at the first point, +1 at the last, never decreasing
-    upper = int(np.argmax(gap >= 0))
-    if gap[upper] == 0:
-        rate = p_miss[upper]
-    else:
-        lower = upper - 1
-        alpha = -gap[lower] / (gap[upper] - gap[lower])
-        rate = p_miss[lower] + alpha * (p_miss[upper] - p_miss[lower])
-    rates = {"eer": float(rate)}
-    for p_target in (0.01, 0.05):
-        cost = p_target * p_miss + (1 - p_target) * p_fa
-        rates[f"min_dcf_{p_target}"] = float(cost.min() / min(p_target, 1 - p_target))
-    return rates
+    return {"eer": eer_of_curve(p_fa, p_miss)[0],
+            **{f"min_dcf_{p}": min_dcf_of_curve(p_fa, p_miss, p_target=p) for p in (0.01, 0.05)}}
 
 
 def verification_all_pairs(

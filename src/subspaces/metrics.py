@@ -29,8 +29,10 @@ __all__ = [
     "as_norm",
     "det_curve",
     "eer",
+    "eer_of_curve",
     "eer_with_threshold",
     "min_dcf",
+    "min_dcf_of_curve",
     "s_norm",
 ]
 
@@ -112,15 +114,27 @@ def eer_with_threshold(scores: ArrayLike, labels: ArrayLike) -> tuple[float, flo
     >>> eer_with_threshold([0.9, 0.5, 0.6, 0.4, 0.2, 0.1], [1, 1, 0, 0, 0, 0])
     (0.25, 0.55)
     """
-    p_fa, p_miss, thresholds = det_curve(scores, labels)
+    return eer_of_curve(*det_curve(scores, labels))
+
+
+def eer_of_curve(p_fa: np.ndarray, p_miss: np.ndarray, thresholds: np.ndarray | None = None) -> tuple[float, float]:
+    """`eer_with_threshold` of a DET curve given as its operating points (`p_fa` falling
+    from 1 to 0, `p_miss` rising from 0 to 1, as `det_curve` returns them), e.g. one
+    built from score histograms. Without `thresholds` the threshold returned is NaN.
+
+    >>> eer_of_curve(np.array([1.0, 0.5, 0.0]), np.array([0.0, 0.5, 1.0]))
+    (0.5, nan)
+    """
     gap = p_miss - p_fa  # -1 at the first point, +1 at the last, never decreasing
     upper = int(np.argmax(gap >= 0))
     if gap[upper] == 0:
-        return float(p_miss[upper]), float(thresholds[upper])
+        return float(p_miss[upper]), float(thresholds[upper]) if thresholds is not None else float("nan")
     lower = upper - 1
     alpha = -gap[lower] / (gap[upper] - gap[lower])
     rate = p_miss[lower] + alpha * (p_miss[upper] - p_miss[lower])
-    if np.isinf(thresholds[upper]):
+    if thresholds is None:
+        threshold = float("nan")
+    elif np.isinf(thresholds[upper]):
         threshold = thresholds[lower]
     else:
         threshold = thresholds[lower] + alpha * (thresholds[upper] - thresholds[lower])
@@ -149,11 +163,22 @@ def min_dcf(
     >>> round(min_dcf([0.9, 0.5, 0.6, 0.4, 0.2, 0.1], [1, 1, 0, 0, 0, 0], p_target=0.05), 6)
     0.5
     """
+    p_fa, p_miss, _ = det_curve(scores, labels)
+    return min_dcf_of_curve(p_fa, p_miss, p_target, c_miss, c_fa)
+
+
+def min_dcf_of_curve(
+    p_fa: np.ndarray, p_miss: np.ndarray, p_target: float = 0.01, c_miss: float = 1.0, c_fa: float = 1.0
+) -> float:
+    """`min_dcf` of a DET curve given as its operating points (see `eer_of_curve`).
+
+    >>> min_dcf_of_curve(np.array([1.0, 0.5, 0.0]), np.array([0.0, 0.5, 1.0]), p_target=0.5)
+    1.0
+    """
     if not 0 < p_target < 1:
         raise ValueError(f"p_target must lie strictly between 0 and 1, got {p_target}")
     if c_miss <= 0 or c_fa <= 0:
         raise ValueError(f"c_miss and c_fa must be positive, got c_miss={c_miss}, c_fa={c_fa}")
-    p_fa, p_miss, _ = det_curve(scores, labels)
     cost = c_miss * p_target * p_miss + c_fa * (1 - p_target) * p_fa
     return float(cost.min() / min(c_miss * p_target, c_fa * (1 - p_target)))
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -40,7 +41,8 @@ from .synth import sample_voice_mix
 from .texts import load_texts, sample_texts
 from .train import TrainConfig, train
 
-__all__ = ["DemoRecipe", "RECIPES", "calibrate_model", "embed_features", "evaluate_model", "run_demo", "training_rows"]
+__all__ = ["DemoRecipe", "RECIPES", "calibrate_model", "embed_features", "evaluate_model", "evaluate_models", "run_demo",
+           "training_rows"]
 
 STORED_POOLING = ("mean", "std")
 
@@ -246,6 +248,34 @@ def evaluate_model(
         title=title, notes=notes,
     )
     return results
+
+
+def evaluate_models(
+    model_dirs: Sequence[str | Path], corpus: pd.DataFrame, out_dir: str | Path, *, name: str = "corpus",
+    **options,
+) -> tuple[list[dict], dict | None, str]:
+    """`evaluate_model` for each model (e.g. one per seed) on one corpus, features in
+    `out_dir/features` (extracted once). One model reports into `out_dir`; several into
+    `out_dir/model-K`, plus `summary.json` and `summary.md` (mean +- std). `options` go to
+    `evaluate_model`. Returns (every model's results, the mean +- std summary or None for
+    one model, the Markdown table: the model's, or the summary's).
+    """
+    from .atomic import write_text_atomic
+    from .evaluate import summarize_runs
+
+    out = Path(out_dir)
+    runs = []
+    for k, model in enumerate(model_dirs):
+        report_dir = out if len(model_dirs) == 1 else out / f"model-{k}"
+        print(f"[evaluate] {name}: model {k + 1}/{len(model_dirs)} {model}", flush=True)
+        runs.append(evaluate_model(model, corpus, out / "features", report_dir, title=f"{name}: {model}", **options))
+    if len(runs) == 1:
+        return runs, None, summary_table(runs[0])
+    summary, markdown = summarize_runs(runs)
+    write_text_atomic(out / "summary.json",
+                      json.dumps({"models": [str(m) for m in model_dirs], "systems": summary}, indent=2) + "\n")
+    write_text_atomic(out / "summary.md", f"# {name}: {len(runs)} models\n\n{markdown}\n")
+    return runs, summary, markdown
 
 
 def calibrate_model(

@@ -30,7 +30,6 @@ import pandas as pd
 from .atomic import write_text_atomic
 from .backbones import Backbone
 from .corpora import load_corpus
-from .evaluate import summarize_runs, summary_table
 from .manifest import read_manifest, write_manifest
 
 __all__ = ["SUITES", "evaluate_suite", "load_suite", "scored_rows", "suite_corpus"]
@@ -109,14 +108,14 @@ def evaluate_suite(
         <corpus>/manifest.csv                       the scored rows (`scored_rows`)
         <corpus>/manifest-all.csv, features/        every row; extracted once, shared by the models
         <corpus>/report.md, metrics.json, plots     (one model), or
-        <corpus>/model-K/... and <corpus>/summary.md (several: mean +- std)
+        <corpus>/model-K/... and <corpus>/summary.md, summary.json (several: mean +- std)
         metrics.json, report.md                     every corpus' table
 
     `backbone` defaults to the one each model names. Returns {"suite", "models",
     "corpora": {corpus: results of one model, or {"systems": mean +- std summary} for
     several}}.
     """
-    from .pipeline import evaluate_model
+    from .pipeline import evaluate_models
 
     if not model_dirs:
         raise SuiteError("evaluate_suite needs at least one model folder")
@@ -134,20 +133,10 @@ def evaluate_suite(
         table = scored_rows(everything)
         write_manifest(table, folder / "manifest.csv")
         table = read_manifest(folder / "manifest.csv")
-        runs = []
-        for k, model in enumerate(model_dirs):
-            report_dir = folder if len(model_dirs) == 1 else folder / f"model-{k}"
-            print(f"[suite] {name}: model {k + 1}/{len(model_dirs)} {model}", flush=True)
-            runs.append(evaluate_model(model, table, folder / "features", report_dir, max_trials=max_trials,
-                                       seed=seed, title=f"{suite} suite, {name}: {model}", baseline=baseline,
-                                       backbone=backbone, store_manifest=everything))
-        if len(runs) == 1:
-            results["corpora"][name] = runs[0]
-            markdown = summary_table(runs[0])
-        else:
-            summary, markdown = summarize_runs(runs)
-            results["corpora"][name] = {"systems": summary, "runs": len(runs)}
-            write_text_atomic(folder / "summary.md", f"# {name}: {len(runs)} models\n\n{markdown}\n")
+        runs, summary, markdown = evaluate_models(
+            model_dirs, table, folder, name=f"{suite} suite, {name}", max_trials=max_trials, seed=seed,
+            baseline=baseline, backbone=backbone, store_manifest=everything)
+        results["corpora"][name] = runs[0] if summary is None else {"systems": summary, "runs": len(runs)}
         dropped = len(everything) - len(table)
         note = f"; {dropped} clips of folders credited to two people left out" if dropped else ""
         sections += [f"## {name} ({len(table)} clips, {table['speaker'].nunique()} speakers{note})", "", markdown, ""]
