@@ -14,9 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from subspaces.grid import synthesize_grid
-from subspaces.synth import sample_voices
-from subspaces.texts import load_texts
+from subspaces.synth import load_texts, sample_voices, synthesize_grid
 
 
 def main() -> None:

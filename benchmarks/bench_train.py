@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from subspaces.train import TrainConfig, train
+from subspaces.training import TrainConfig, train
 
 
 def planted_features(speakers: int, texts: int, dim: int, held_out: int, seed: int = 0) -> tuple[torch.Tensor, pd.DataFrame]:

@@ -43,8 +43,7 @@ import soundfile as sf
 from subspaces.audio import resample
 from subspaces.baselines import resemblyzer_embeddings
 from subspaces.metrics import eer
-from subspaces.synth import Voice, sample_voices, synthesize
-from subspaces.texts import Text, load_texts, sample_texts
+from subspaces.synth import Text, Voice, load_texts, sample_texts, sample_voices, synthesize
 
 ENGINES = ("kokoro", "piper", "espeak-ng", "flite")
 # Both Resemblyzer and Whisper take 16 kHz audio.

@@ -1,10 +1,10 @@
 """Choose the demo recipe on the development suite; report FSDD (the test set) untouched.
 
-Each row of round 1 changes one setting of the recipe that had been chosen on FSDD
-before the dev suite existed; round 2 combines round 1's winners; each row is trained on
-the demo's own grid with every seed and scored on the dev corpora (KLettres and
-KTuberling: recorded letters and words of about 50 real people) and on FSDD. The row
-chosen is the one with the lowest **dev speaker EER**: the mean, over both dev
+Each row of the one-at-a-time study changes one setting of the recipe that had been
+chosen on FSDD before the dev suite existed; the combined study puts its winners together;
+each row is trained on the demo's own grid with every seed and scored on the dev corpora
+(KLettres and KTuberling: recorded letters and words of about 50 real people) and on
+FSDD. The row chosen is the one with the lowest **dev speaker EER**: the mean, over both dev
 corpora, of the speaker subspace's EER on all trials and on same-language trials
 (pairs within a language that at least two people speak, so that telling languages
 apart cannot pass for telling people apart). The content layer is chosen by the
@@ -16,11 +16,12 @@ and never read by the choice.
 
     subspaces demo --out runs/demo
     subspaces evaluate --model runs/demo/model --suite dev --out runs/demo/suite-dev   # dev features
-    python benchmarks/choose_on_dev.py --demo runs/demo --dev runs/demo/suite-dev --study round1
-    python benchmarks/choose_on_dev.py --demo runs/demo --dev runs/demo/suite-dev --study round2
-    python benchmarks/choose_on_dev.py --demo runs/demo --dev runs/demo/suite-dev --study headline
+    python benchmarks/choose_on_dev.py --demo runs/demo --dev runs/demo/suite-dev --study one-at-a-time
+    python benchmarks/choose_on_dev.py --demo runs/demo --dev runs/demo/suite-dev --study combined
+    python benchmarks/choose_on_dev.py --demo runs/demo --dev runs/demo/suite-dev --study trained-vs-start
 
-Writes the table (Markdown) to stdout and every number to `--out` (JSON).
+Writes the table (Markdown) to stdout and every number to `--out` (JSON). Results:
+benchmarks/DEV.md.
 """
 
 from __future__ import annotations
@@ -40,16 +41,16 @@ from subspaces.evaluate import keyword_probe, verification_all_pairs
 from subspaces.features import load_features
 from subspaces.manifest import read_manifest
 from subspaces.model import SubspaceModel
-from subspaces.pipeline import DemoRecipe, embed_features, training_rows
+from subspaces.pipeline import DemoPlan, embed_features, training_rows
 from subspaces.suite import scored_rows
-from subspaces.train import train
+from subspaces.training import train
 
-DEMO, DEMO_SOURCES = DemoRecipe().train, DemoRecipe().train_sources
+DEMO, DEMO_SOURCES = DemoPlan().train, DemoPlan().train_sources
 BOTH = ("espeak-ng", "flite")
 LDA_ONLY = {"steps": 2, "max_lr": 1e-9, "val_every": 0, "checkpoint_every": 0}
-# Round 1: one change at a time to the recipe that was chosen on FSDD before the dev suite
-# existed (both engines' voices, speaker layer 0, LDA shrinkage 0.01, content layer 5, 480
-# steps, the best checkpoint, tau 0.1). Round 2: round 1's winners together. "sources" keeps only
+# --study one-at-a-time: one change at a time to the recipe that was chosen on FSDD before the
+# dev suite existed (both engines' voices, speaker layer 0, LDA shrinkage 0.01, content layer 5,
+# 480 steps, the best checkpoint, tau 0.1). --study combined: its winners together. "sources" keeps only
 # those engines' voices for training (validation rows are kept whatever their engine).
 FSDD_CHOSEN = {"sources": BOTH, "lda_init": {"speaker": 0.01}, "layer": {"speaker": 0, "content": 5}, "temperature": 0.1}
 
@@ -77,8 +78,8 @@ ROUND_1 = {
     "espeak-ng voices only": _change(sources=("espeak-ng",)),
     "flite voices only": _change(sources=("flite",)),
 }
-# Round 1's winners: shrinkage 0.2, 960 steps (both engines stay: espeak-ng alone is no
-# better), content layer 4 (by the synthetic validation). Round 2 combines them and tries
+# The one-at-a-time winners: shrinkage 0.2, 960 steps (both engines stay: espeak-ng alone is no
+# better), content layer 4 (by the synthetic validation). --study combined puts them together and tries
 # what lets the contrastive training move the weights: the temperature, a larger rate.
 WINNERS = {"lda_init": {"speaker": 0.2}, "layer": {"speaker": 0, "content": 4}}
 ROUND_2 = {
@@ -90,13 +91,14 @@ ROUND_2 = {
     "content layer 4, random start, max lr 1e-3": _change(layer={"speaker": 0, "content": 4}, lda_init={},
                                                           max_lr=1e-3),
 }
-# The demo's recipe as it ships (`DemoRecipe()`: round 2's winner), and its closed-form start.
+# --study trained-vs-start: the demo's recipe as it ships (`DemoPlan()`: the combined study's
+# winner), and its closed-form start alone.
 HEADLINE = {
     "the demo (chosen on dev)": {},
     "the demo's LDA start alone (no contrastive steps)": LDA_ONLY,
 }
 ROWS = {**ROUND_1, **ROUND_2, **HEADLINE}
-STUDIES = {"round1": ROUND_1, "round2": ROUND_2, "headline": HEADLINE, "all": ROWS}
+STUDIES = {"one-at-a-time": ROUND_1, "combined": ROUND_2, "trained-vs-start": HEADLINE, "all": ROWS}
 
 
 def _quiet(function, *args, **kwargs):
@@ -162,9 +164,9 @@ def main() -> None:
                         help="a finished `subspaces evaluate --suite dev` folder (its manifests and features)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--study", choices=tuple(STUDIES), default="all",
-                        help="round1: one change at a time to the FSDD-chosen recipe; round2: round 1's winners "
-                             "together, with the temperature and learning rate; headline: the demo's recipe and its "
-                             "LDA start (the README's table)")
+                        help="one-at-a-time: one change at a time to the FSDD-chosen recipe; combined: its "
+                             "winners together, with the temperature and learning rate; trained-vs-start: the "
+                             "demo's recipe and its LDA start (the README's table)")
     parser.add_argument("--rows", nargs="*", help="subset of row names (default: all of the study)")
     parser.add_argument("--out", default="choose_on_dev.json", help="every number, as JSON")
     args = parser.parse_args()

@@ -24,7 +24,7 @@ import pandas as pd
 import torch
 from safetensors.torch import load_file
 
-from subspaces.train import TrainConfig, load_recipe, write_recipe
+from subspaces.training import TrainConfig, load_recipe, write_recipe
 
 
 def run(command: list[str]) -> float:

@@ -1,4 +1,4 @@
-"""Issue 8 levers: how training choices change transfer from synthetic voices to real speech.
+"""Lever studies: how training choices change transfer from synthetic voices to real speech.
 
 Reuses a finished demo folder (its grid, grid features and FSDD features), trains one
 model per (lever, seed) and scores it on FSDD exactly as `subspaces evaluate` does:
@@ -7,10 +7,12 @@ speaker-subspace EER (all / content-matched / mismatched), content-subspace digi
 probe). Prints mean +- std over seeds, with the best raw layer in the same run.
 
     subspaces demo --out runs/demo
-    python benchmarks/levers.py --demo runs/demo --seeds 0 1 2                  # the demo's training
-    python benchmarks/levers.py --demo runs/demo32 --study training --seeds 0 1 2  # the paper's recipe
-    subspaces demo --recipe large --out runs/large
+    python benchmarks/levers.py --demo runs/demo --study demo-training --seeds 0 1 2  # the demo's training
+    python benchmarks/levers.py --demo runs/demo32 --study paper-recipe --seeds 0 1 2  # the paper's recipe
+    subspaces demo --size large --out runs/large
     python benchmarks/levers.py --demo runs/large --study voices --seeds 0 1 2
+
+Results, with the command behind each table: benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -31,15 +33,15 @@ from subspaces.evaluate import keyword_probe, make_trials, verification
 from subspaces.features import load_features
 from subspaces.manifest import read_manifest
 from subspaces.model import SubspaceModel
-from subspaces.pipeline import DemoRecipe, embed_features
-from subspaces.train import train
+from subspaces.pipeline import DemoPlan, embed_features
+from subspaces.training import train
 
-# --study training: every lever is a change to the paper's recipe (one shared layer mix, an
-# MLP of three hidden layers of 768, everything at max lr 1e-4, random start) with the
-# demo's block shape. The README's table of it was measured on the 32-voice grid with
-# feature format 1.
+# --study paper-recipe: every lever is a change to the paper's recipe (one shared layer mix,
+# an MLP of three hidden layers of 768, everything at max lr 1e-4, random start) with the
+# demo's block shape. It was measured on the 32-voice grid with feature format 1
+# (benchmarks/RESULTS.md, history).
 MLP = (768, 768, 768)
-BASE = dataclasses.replace(DemoRecipe().train, layer="mix", layer_lr_scale=1.0, hidden=MLP, lda_init={},
+BASE = dataclasses.replace(DemoPlan().train, layer="mix", layer_lr_scale=1.0, hidden=MLP, lda_init={},
                            temperature=0.1, select_by="eer")
 LEVERS = {
     "paper default (one shared layer mix)": {},
@@ -56,29 +58,29 @@ LEVERS = {
     "layer mix per subspace": {"layer": "mix-per-subspace"},
     "layer mix, layer lr x100": {"layer_lr_scale": 100.0},
     "layer mix per subspace, layer lr x100": {"layer": "mix-per-subspace", "layer_lr_scale": 100.0},
-    "layer mix per subspace, layer lr x1000 (the demo default until issue 8's second pass)": {"layer": "mix-per-subspace", "layer_lr_scale": 1000.0},
+    "layer mix per subspace, layer lr x1000 (the demo default before fixed layers)": {"layer": "mix-per-subspace", "layer_lr_scale": 1000.0},
     # Needs a grid made with channels clean + telephone (FSDD is 8 kHz telephone-band speech):
-    # python benchmarks/levers.py --demo DIR --levers "telephone channel as a nuisance ..." after
-    # run_demo(DIR, DemoRecipe(channels=("clean", "telephone"), ...)); see README.
+    # python benchmarks/levers.py --demo DIR --study paper-recipe --levers "telephone channel as a nuisance ..." after
+    # run_demo(DIR, DemoPlan(channels=("clean", "telephone"), ...)); see benchmarks/RESULTS.md.
     "telephone channel as a nuisance (mix per subspace, layer lr x1000)": {
         "layer": "mix-per-subspace", "layer_lr_scale": 1000.0, "nuisance": "channel",
         "block": {"speaker": 16, "content": 8, "channel": 2}},
     "layer per subspace (speaker 0, content 3)": {"layer": {"speaker": 0, "content": 3}},
-    "layer per subspace (speaker 0, content 5), MLP each (the demo default of issue 8's second pass)": {
+    "layer per subspace (speaker 0, content 5), MLP each (the demo default before the LDA start)": {
         "layer": {"speaker": 0, "content": 5}},
     "flite voices only": {"sources": ("flite",)},
     "espeak-ng voices only": {"sources": ("espeak-ng",)},
 }
 
-# Issue 8's third pass, on feature format 2 (Whisper's layer 0 without its positional
+# --study demo-training, on feature format 2 (Whisper's layer 0 without its positional
 # table): each row is a change to the demo's training (a linear projection per subspace,
 # speaker from layer 0, content from layer 5, the speaker projection started as a
 # shrinkage LDA of the training voices) on the demo's own grid.
-#   python benchmarks/levers.py --demo runs/demo --study transfer --seeds 0 1 2
+#   python benchmarks/levers.py --demo runs/demo --study demo-training --seeds 0 1 2
 RANDOM_START = {"lda_init": {}}
 TRANSFER_LEVERS = {
     "paper recipe (one shared layer mix, MLP, random start)": {"layer": "mix", "hidden": MLP, **RANDOM_START},
-    "layer per subspace, MLP each, random start (issue 8's second pass)": {"hidden": MLP, **RANDOM_START},
+    "layer per subspace, MLP each, random start (the demo's training before the LDA start)": {"hidden": MLP, **RANDOM_START},
     "linear, random start": RANDOM_START,
     "linear, random start, layer 0 with the positional table (feature format 1)": {**RANDOM_START, "positions": True},
     "**the demo: linear, LDA start for the speaker (shrinkage 0.01)**": {},
@@ -99,11 +101,12 @@ TRANSFER_LEVERS = {
 # change to the demo's recipe. Engines left out of training are scored as held-out voices
 # (speaker EER of the speaker subspace on all their clips, a seeded sample of 100,000 pairs).
 #   python benchmarks/levers.py --demo DIR --study voices --seeds 0 1 2
-# The rows marked "(format 1)" are the README's earlier table: issue 8's second pass (MLP
-# trunks, random start), measured with feature format 1 on a 32 + 57 voice grid.
+# The rows marked "(format 1)" are the recipes of the earlier engine study (MLP trunks,
+# random start), measured with feature format 1 on a 32 + 57 voice grid (benchmarks/RESULTS.md,
+# history); today's features (format 2) give other numbers.
 # The demo's training as it was when these studies ran (chosen on FSDD; the demo's recipe
 # has since been chosen on the dev suite, benchmarks/choose_on_dev.py).
-DEMO = dataclasses.replace(DemoRecipe().train, layer={"speaker": 0, "content": 5}, lda_init={"speaker": 0.01},
+DEMO = dataclasses.replace(DemoPlan().train, layer={"speaker": 0, "content": 5}, lda_init={"speaker": 0.01},
                            temperature=0.1, select_by="eer")
 ALL = ("espeak-ng", "flite", "kokoro", "piper")
 OLD = {"hidden": MLP, **RANDOM_START}
@@ -173,12 +176,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--demo", default="runs/demo", help="a finished `subspaces demo` folder")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--study", choices=("training", "transfer", "voices"), default="transfer",
-                        help="transfer: changes to the demo's training; training: changes to the paper's recipe; "
-                             "voices: which engines to train on (needs a grid of all four engines)")
+    parser.add_argument("--study", choices=("paper-recipe", "demo-training", "voices"), default="demo-training",
+                        help="demo-training: changes to the demo's training; paper-recipe: changes to the paper's "
+                             "recipe; voices: which engines to train on (needs a grid of all four engines)")
     parser.add_argument("--levers", nargs="*", help="subset of lever names (default: all)")
     args = parser.parse_args()
-    levers, base = {"training": (LEVERS, BASE), "transfer": (TRANSFER_LEVERS, DEMO), "voices": (VOICE_LEVERS, DEMO)}[args.study]
+    levers, base = {"paper-recipe": (LEVERS, BASE), "demo-training": (TRANSFER_LEVERS, DEMO), "voices": (VOICE_LEVERS, DEMO)}[args.study]
     demo = Path(args.demo)
     grid = read_manifest(demo / "grid" / "manifest.csv")
     fsdd = read_manifest(demo / "fsdd" / "manifest.csv")

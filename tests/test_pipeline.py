@@ -144,14 +144,14 @@ def test_evaluate_on_voxceleb1_and_speech_commands_layouts(tmp_path, capsys):
 
 
 def test_large_recipe_adds_distinct_neural_voices_to_the_demo_voices():
-    from subspaces.pipeline import RECIPES
+    from subspaces.pipeline import DEMO_PLANS
     from subspaces.synth import sample_voice_mix
 
     def voices(recipe):
         return sample_voice_mix(recipe.espeak_voices, recipe.flite_voices, seed=recipe.seed,
                                 kokoro=recipe.kokoro_voices, piper=recipe.piper_voices)
 
-    demo, large = voices(RECIPES["demo"]), voices(RECIPES["large"])
+    demo, large = voices(DEMO_PLANS["small"]), voices(DEMO_PLANS["large"])
     engines = [v.engine for v in large]
     assert {e: engines.count(e) for e in set(engines)} == {"espeak-ng": 48, "flite": 32, "kokoro": 48, "piper": 9}
     assert large[:80] == demo  # the large grid reuses the demo's voices and adds to them

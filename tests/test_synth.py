@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from subspaces import synth
+from subspaces.synth import base
 from subspaces.synth import (
     EngineNotInstalled,
     SynthError,
@@ -21,12 +21,13 @@ from subspaces.synth import (
     save_voices,
     synthesize,
 )
-from subspaces.texts import FORBIDDEN_WORDS, TEXT_SETS, TextError, forbidden_words, load_texts, text_id
+from subspaces.synth.flite import FLITE_VOICES
+from subspaces.synth.texts import FORBIDDEN_WORDS, TEXT_SETS, TextError, forbidden_words, load_texts, text_id
 
 SENTENCE = "The birch canoe slid on the smooth planks."
 
-needs_espeak = pytest.mark.skipif(synth.shutil.which("espeak-ng") is None, reason="apt-get install espeak-ng")
-needs_flite = pytest.mark.skipif(synth.shutil.which("flite") is None, reason="apt-get install flite")
+needs_espeak = pytest.mark.skipif(base.shutil.which("espeak-ng") is None, reason="apt-get install espeak-ng")
+needs_flite = pytest.mark.skipif(base.shutil.which("flite") is None, reason="apt-get install flite")
 
 
 def median_f0(wave: np.ndarray, rate: int, low: float = 60.0, high: float = 400.0) -> float:
@@ -158,7 +159,7 @@ def test_unknown_voices_give_clear_errors():
 
 
 def test_missing_engine_says_how_to_install(monkeypatch):
-    monkeypatch.setattr(synth.shutil, "which", lambda name: None)
+    monkeypatch.setattr(base.shutil, "which", lambda name: None)
     with pytest.raises(EngineNotInstalled, match=r"apt-get install espeak-ng"):
         synthesize(Voice("espeak-ng", {}), "hello")
     with pytest.raises(EngineNotInstalled, match=r"apt-get install flite"):
@@ -178,7 +179,7 @@ def test_sampled_voices_are_reproducible_and_distinct():
     many = sample_voices("espeak-ng", len(espeak_variants()) + 20, seed=0)
     assert len({v.speaker for v in many}) == len(many)
     flite = sample_voices("flite", 12, seed=1)
-    assert len({v.speaker for v in flite}) == 12 and {v.params["voice"] for v in flite} == set(synth.FLITE_VOICES)
+    assert len({v.speaker for v in flite}) == 12 and {v.params["voice"] for v in flite} == set(FLITE_VOICES)
     assert all(80 <= v.params["f0_mean"] <= 220 for v in flite if v.params["voice"] != "rms")
     assert all(0.8 <= v.params["stretch"] <= 1.3 for v in flite)
     # 4 voices x 15 F0s x 6 stretches, plus rms x 6 stretches.
@@ -191,7 +192,7 @@ def test_sampled_voices_are_reproducible_and_distinct():
 
 def test_voice_bank_round_trip(tmp_path):
     voices = [
-        Voice("espeak-ng", {"variant": "m3", "pitch": 35, "rate": 150, "gap": 2}) if synth.shutil.which("espeak-ng")
+        Voice("espeak-ng", {"variant": "m3", "pitch": 35, "rate": 150, "gap": 2}) if base.shutil.which("espeak-ng")
         else Voice("flite", {"voice": "kal"}),
         Voice("flite", {"voice": "slt", "f0_mean": 170.0, "stretch": 1.1}),
         Voice("flite", {"voice": "awb"}, speaker="alan"),

@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file
 
 from subspaces.model import SubspaceModel
-from subspaces.train import TrainConfig, TrainError, load_recipe, train, write_recipe
+from subspaces.training import TrainConfig, TrainError, load_recipe, train, write_recipe
 
 
 def planted_grid(speakers: int, texts: int, dim: int, layers: int = 1, seed: int = 0, val_speakers: int = 0, channels: int = 1,
@@ -246,7 +246,7 @@ torch.set_num_threads(1)
 sys.path.insert(0, {tests!r})
 from test_train import planted_grid, SMALL
 import subspaces.sampler
-from subspaces.train import TrainConfig, train
+from subspaces.training import TrainConfig, train
 if sys.argv[2] == "slow":  # make the run long enough to be killed in the middle
     batch = subspaces.sampler.GridSampler.batch
     subspaces.sampler.GridSampler.batch = lambda self, step: (time.sleep(0.1), batch(self, step))[1]

@@ -7,8 +7,7 @@ import shutil
 import pandas as pd
 import pytest
 
-from subspaces.grid import GridError, plan_grid
-from subspaces.synth import Voice, sample_voice_mix, sample_voices
+from subspaces.synth import GridError, Voice, plan_grid, sample_voice_mix, sample_voices
 
 needs_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="apt-get install espeak-ng")
 
@@ -103,7 +102,7 @@ def test_explicit_hold_outs_name_whole_bases():
 
 @needs_espeak
 def test_the_demo_grid_holds_out_whole_bases():
-    """DemoRecipe's voices (48 espeak-ng + 32 flite, seed 0) with its val_voices=4, val_texts=8."""
+    """DemoPlan's voices (48 espeak-ng + 32 flite, seed 0) with its val_voices=4, val_texts=8."""
     voices = sample_voice_mix(48, 32, seed=0)
     texts = [f"word{i}" for i in range(64)]
     plan = plan_grid(voices, texts, val_voices=4, val_texts=8, seed=0, keep_mixed=False)

@@ -18,6 +18,8 @@ import numpy as np
 import soundfile as sf
 import soxr
 
+from .errors import SubspacesError
+
 __all__ = [
     "AudioError",
     "DEFAULT_MAX_DURATION_S",
@@ -32,7 +34,7 @@ __all__ = [
 DEFAULT_MAX_DURATION_S = 60.0
 
 
-class AudioError(ValueError):
+class AudioError(SubspacesError, ValueError):
     """A clip that cannot be used, with the file and the reason in the message."""
 
 

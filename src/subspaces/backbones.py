@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .audio import DEFAULT_MAX_DURATION_S, AudioError, load_audio
+from .errors import SubspacesError
+from .paths import cache_dir
 from .whisper import (
     FRAME_RATE as WHISPER_FRAME_RATE,
     N_FFT,
@@ -39,18 +41,25 @@ from .whisper import (
 )
 
 __all__ = [
+    "BackboneError",
     "Backbone",
     "BackboneUnavailable",
     "EncoderOutput",
     "NAMED_BACKBONES",
-    "cache_dir",
     "load_backbone",
+    "pool_frames",
+    "pooled_input",
 ]
+
+
+class BackboneError(SubspacesError, ValueError):
+    """An option or input a backbone cannot take (unknown precision, a clip too short or too long, ...)."""
+
 
 TRANSFORMERS_FAMILIES = ("wav2vec2", "hubert", "wavlm", "data2vec-audio", "whisper")
 
 
-class BackboneUnavailable(RuntimeError):
+class BackboneUnavailable(SubspacesError, RuntimeError):
     """The backbone cannot be loaded here; the message says what to install or where to put it."""
 
 
@@ -94,8 +103,41 @@ class EncoderOutput:
 
     def mean_pool(self) -> torch.Tensor:
         """Mean over each clip's valid frames: float[L, B, D]."""
-        counts = self.num_frames.to(self.hidden_states.dtype).clamp(min=1)
-        return self.hidden_states.sum(dim=2) / counts[None, :, None]
+        return pool_frames(self.hidden_states, self.num_frames, ["mean"])["mean"].transpose(0, 1)
+
+
+def pool_frames(hidden_states: torch.Tensor, num_frames: torch.Tensor, pooling: Sequence[str]) -> dict[str, torch.Tensor]:
+    """Mean and/or standard deviation over each clip's valid frames.
+
+    hidden_states: float[L, B, T, D] with zeros past each clip's end; num_frames: long[B].
+    Returns {"mean": float[B, L, D], "std": float[B, L, D]} (population std, 0 for one frame).
+    Extraction, inference and the ONNX export all pool with this function.
+
+    >>> states = torch.tensor([[[[1.0], [3.0], [0.0]]]])  # L=1, B=1, T=3 (2 valid), D=1
+    >>> {k: v.flatten().tolist() for k, v in pool_frames(states, torch.tensor([2]), ["mean", "std"]).items()}
+    {'mean': [2.0], 'std': [1.0]}
+    """
+    # float32 throughout: a clip has at most a few thousand frames, and the two-pass
+    # variance (deviations from the mean) avoids the cancellation of E[x^2] - E[x]^2.
+    states = hidden_states.float()
+    counts = num_frames.to(states.device, states.dtype).clamp(min=1)[None, :, None]
+    mean = states.sum(dim=2) / counts
+    out = {}
+    if "mean" in pooling:
+        out["mean"] = mean.transpose(0, 1).contiguous()
+    if "std" in pooling:
+        valid = torch.arange(states.shape[2], device=states.device)[None, :] < num_frames.to(states.device)[:, None]
+        deviation = (states - mean[:, :, None, :]) * valid[None, :, :, None].to(states.dtype)
+        variance = deviation.square().sum(dim=2) / counts
+        out["std"] = variance.sqrt().transpose(0, 1).contiguous()
+    return out
+
+
+def pooled_input(hidden_states: torch.Tensor, num_frames: torch.Tensor, pooling: Sequence[str]) -> torch.Tensor:
+    """A subspace model's input: the statistics of `pool_frames`, concatenated in the
+    order of `pooling` along the width: float[B, L, D x len(pooling)]."""
+    pooled = pool_frames(hidden_states, num_frames, pooling)
+    return torch.cat([pooled[name] for name in pooling], dim=2)
 
 
 class Backbone(torch.nn.Module):
@@ -126,6 +168,22 @@ class Backbone(torch.nn.Module):
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
+    @property
+    def max_duration_s(self) -> float:
+        """The longest clip `read` decodes: `DEFAULT_MAX_DURATION_S`, or less where the
+        backbone takes less (Whisper: 30 s)."""
+        if self.max_samples is None:
+            return DEFAULT_MAX_DURATION_S
+        return min(DEFAULT_MAX_DURATION_S, self.max_samples / self.sample_rate)
+
+    def read(self, path: str | Path) -> np.ndarray:
+        """Decode an audio file for this backbone: mono float32 at `sample_rate`, refused
+        (`AudioError` naming the file) if shorter than `min_samples` or longer than it takes."""
+        wave = load_audio(path, self.sample_rate, min_samples=self.min_samples, max_duration_s=self.max_duration_s)
+        if self.max_samples is not None and len(wave) > self.max_samples:
+            raise AudioError(f"{path}: longer than the {self.max_duration_s:g} s {self.name} accepts")
+        return wave
+
     def _forward(self, waves: list[torch.Tensor]) -> EncoderOutput:
         raise NotImplementedError
 
@@ -136,19 +194,19 @@ class Backbone(torch.nn.Module):
         A clip's output does not depend on the other clips in the batch.
         """
         if len(waves) == 0:
-            raise ValueError("encode() needs at least one clip")
+            raise BackboneError("encode() needs at least one clip")
         tensors = []
         for i, wave in enumerate(waves):
             tensor = torch.as_tensor(np.asarray(wave, dtype=np.float32) if not torch.is_tensor(wave) else wave)
             if tensor.ndim != 1:
-                raise ValueError(f"clip {i}: expected a mono 1-D waveform, got shape {tuple(tensor.shape)}")
+                raise BackboneError(f"clip {i}: expected a mono 1-D waveform, got shape {tuple(tensor.shape)}")
             if len(tensor) < self.min_samples:
-                raise ValueError(
+                raise BackboneError(
                     f"clip {i}: {len(tensor)} samples is shorter than the {self.min_samples} "
                     f"samples {self.name} needs at {self.sample_rate} Hz"
                 )
             if self.max_samples is not None and len(tensor) > self.max_samples:
-                raise ValueError(
+                raise BackboneError(
                     f"clip {i}: {len(tensor) / self.sample_rate:.1f} s is longer than the "
                     f"{self.max_samples / self.sample_rate:.0f} s {self.name} accepts; cut it up"
                 )
@@ -252,12 +310,6 @@ class Wav2Vec2StyleBackbone(Backbone):
 # ----------------------------------------------------------------------------------
 
 
-def cache_dir() -> Path:
-    """Where converted models are kept: $SUBSPACES_CACHE, else ~/.cache/speech-subspaces."""
-    root = os.environ.get("SUBSPACES_CACHE")
-    return Path(root) if root else Path.home() / ".cache" / "speech-subspaces"
-
-
 def _package_file(package: str, relative: str) -> Path | None:
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
@@ -335,7 +387,7 @@ def load_backbone(
     BackboneUnavailable: 'no-such-model' is not a local folder, ...
     """
     if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        raise BackboneError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     backbone = _resolve(str(name_or_path), allow_download)
     backbone.precision = precision
     return backbone.to(device)

@@ -38,6 +38,7 @@ import pandas as pd
 
 from .atomic import write_atomic
 from .audio import AudioError, load_audio
+from .errors import SubspacesError
 from .manifest import audio_paths
 from .progress import progress_bar
 
@@ -45,6 +46,7 @@ if TYPE_CHECKING:
     import torch
 
 __all__ = [
+    "BaselineError",
     "RESEMBLYZER_DIM",
     "RESEMBLYZER_INSTALL",
     "BaselineUnavailableError",
@@ -52,6 +54,11 @@ __all__ = [
     "resemblyzer_embeddings",
     "resemblyzer_embeddings_cached",
 ]
+
+
+class BaselineError(SubspacesError, ValueError):
+    """A baseline input that cannot be used (a damaged embedding cache, duplicate manifest rows, ...)."""
+
 
 RESEMBLYZER_INSTALL = 'pip install librosa "webrtcvad-wheels>=2.0.14" && pip install --no-deps resemblyzer==0.1.4'
 # Resemblyzer's hparams.model_embedding_size.
@@ -70,7 +77,7 @@ _MIN_COVERAGE = 0.75
 _CLIPS_PER_BATCH = 32
 
 
-class BaselineUnavailableError(ImportError):
+class BaselineUnavailableError(SubspacesError, ImportError):
     """A baseline whose optional package is not installed; the message says how to install it."""
 
 
@@ -189,11 +196,11 @@ def _read_cache(path: Path, version: str) -> dict[tuple[str, str], np.ndarray]:
                 return {}
             utt_ids, paths, embeddings = stored["utt_ids"], stored["paths"], stored["embeddings"]
     except (OSError, ValueError, KeyError, zipfile.BadZipFile) as error:
-        raise ValueError(
+        raise BaselineError(
             f"{path}: not a Resemblyzer embedding cache ({error}); delete it or choose another cache folder"
         ) from error
     if not len(utt_ids) == len(paths) == len(embeddings) or embeddings.shape[1:] != (RESEMBLYZER_DIM,):
-        raise ValueError(f"{path}: a damaged Resemblyzer embedding cache (inconsistent array shapes); delete it")
+        raise BaselineError(f"{path}: a damaged Resemblyzer embedding cache (inconsistent array shapes); delete it")
     return {(str(u), str(p)): e for u, p, e in zip(utt_ids, paths, embeddings)}
 
 
@@ -244,7 +251,7 @@ def resemblyzer_embeddings_cached(
     paths = [str(p.resolve()) for p in audio_paths(table)]
     keys = list(zip(table["utt_id"].astype(str), paths))
     if len(set(keys)) != len(keys):
-        raise ValueError(f"the manifest has {len(keys) - len(set(keys))} duplicate (utt_id, path) row(s)")
+        raise BaselineError(f"the manifest has {len(keys) - len(set(keys))} duplicate (utt_id, path) row(s)")
     if not keys:
         return np.empty((0, RESEMBLYZER_DIM), dtype=np.float32)
     cached = _read_cache(cache_file, version)

@@ -10,11 +10,13 @@ import argparse
 import os
 import sys
 import time
+import traceback
 from pathlib import Path
 
 import numpy as np
 
 from . import __version__
+from .errors import SubspacesError
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif", ".opus")
 
@@ -33,10 +35,8 @@ def _audio_files(items: list[str]) -> list[Path]:
 
 def cmd_encode(args: argparse.Namespace) -> int:
     """Run a frozen backbone over audio files; save every layer's mean-pooled vector."""
-    from tqdm import tqdm
-
-    from .audio import AudioError, load_audio
     from .backbones import load_backbone
+    from .features import encode_files
 
     backbone = load_backbone(args.backbone, allow_download=args.allow_download, precision=args.precision)
     info = backbone.describe()
@@ -44,43 +44,26 @@ def cmd_encode(args: argparse.Namespace) -> int:
           f"x {info['width']}, {info['frame_rate']:g} frames/s, {info['precision']}")
     files = _audio_files(args.inputs)
     if not files:
-        raise SystemExit("error: no audio files among the inputs")
-    names, vectors, failed = [], [], []
-    audio_seconds, started = 0.0, time.perf_counter()
-    for start in tqdm(range(0, len(files), args.batch_size), desc="encode", unit="batch", disable=None):
-        waves, batch_names = [], []
-        for path in files[start : start + args.batch_size]:
-            try:
-                waves.append(load_audio(path, backbone.sample_rate, min_samples=backbone.min_samples,
-                                        max_duration_s=backbone.max_samples / backbone.sample_rate
-                                        if backbone.max_samples else None))
-                batch_names.append(str(path))
-            except AudioError as error:
-                failed.append(str(error))
-        if not waves:
-            continue
-        output = backbone.encode(waves)
-        vectors.append(output.mean_pool().permute(1, 0, 2).numpy())
-        names.extend(batch_names)
-        audio_seconds += sum(len(w) for w in waves) / backbone.sample_rate
+        raise SubspacesError(f"no audio files among the inputs ({', '.join(args.inputs)})")
+    started = time.perf_counter()
+    encoded = encode_files(files, backbone, batch_size=args.batch_size)
     elapsed = time.perf_counter() - started
-    for message in failed:
+    for message in encoded.failures:
         print(f"skipped: {message}", file=sys.stderr)
-    if not names:
-        print("error: no file could be read", file=sys.stderr)
-        return 1
-    pooled = np.concatenate(vectors)
-    print(f"encoded {len(names)} file(s), {audio_seconds:.1f} s of audio in {elapsed:.1f} s "
-          f"({audio_seconds / elapsed:.0f}x real time); mean-pooled vectors: {pooled.shape} "
+    if not encoded.paths:
+        raise SubspacesError("no file could be read")
+    pooled = encoded.pooled
+    print(f"encoded {len(encoded.paths)} file(s), {encoded.audio_seconds:.1f} s of audio in {elapsed:.1f} s "
+          f"({encoded.audio_seconds / elapsed:.0f}x real time); mean-pooled vectors: {pooled.shape} "
           "(files x hidden states x width)")
     norms = np.linalg.norm(pooled, axis=2).mean(axis=0)
     print("mean vector norm per hidden state: " + ", ".join(f"{i}:{n:.1f}" for i, n in enumerate(norms)))
     if args.out:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(out, files=np.array(names), pooled=pooled, layers=np.arange(pooled.shape[1]))
+        np.savez(out, files=np.array([str(p) for p in encoded.paths]), pooled=pooled, layers=np.arange(pooled.shape[1]))
         print(f"wrote {out}")
-    return 0 if not failed else 2
+    return 0 if not encoded.failures else 2
 
 
 def _csv_list(text: str | None) -> list[str] | None:
@@ -89,16 +72,14 @@ def _csv_list(text: str | None) -> list[str] | None:
 
 def cmd_synth(args: argparse.Namespace) -> int:
     """Synthesise an interventional grid (voices x texts [x channels]) into OUT_DIR."""
-    from .grid import synthesize_grid
-    from .synth import load_voices, sample_voice_mix
-    from .texts import load_texts, sample_texts
+    from .synth import load_texts, load_voices, sample_texts, sample_voice_mix, synthesize_grid
 
     if args.voices:
         voices = load_voices(args.voices)
     else:
         voices = sample_voice_mix(args.espeak, args.flite, seed=args.seed, kokoro=args.kokoro, piper=args.piper)
     if not voices:
-        raise ValueError("no voices: give --voices BANK.json, or --espeak/--flite/--kokoro/--piper N")
+        raise SubspacesError("no voices: give --voices BANK.json, or --espeak/--flite/--kokoro/--piper N")
     texts = [text for name in args.texts for text in load_texts(name)]
     if args.num_texts:
         texts = sample_texts(texts, args.num_texts, seed=args.seed)
@@ -124,7 +105,7 @@ def cmd_voices(args: argparse.Namespace) -> int:
 
     voices = sample_voice_mix(args.espeak, args.flite, seed=args.seed, kokoro=args.kokoro, piper=args.piper)
     if not voices:
-        raise ValueError("no voices asked for: give --espeak/--flite/--kokoro/--piper N")
+        raise SubspacesError("no voices asked for: give --espeak/--flite/--kokoro/--piper N")
     save_voices(voices, args.out)
     styles = sum(v.engine == "kokoro" for v in voices)
     print(f"wrote {len(voices)} voices to {args.out}"
@@ -159,7 +140,7 @@ def _parse_shard(text: str | None) -> tuple[int, int] | None:
     try:
         index, count = (int(part) for part in text.split("/"))
     except ValueError:
-        raise ValueError(f"--shard must look like i/N (e.g. 0/4), got {text!r}") from None
+        raise SubspacesError(f"--shard must look like i/N (e.g. 0/4), got {text!r}") from None
     return index, count
 
 
@@ -189,7 +170,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     """Train a subspace model on a feature store and its manifest."""
     from .features import FeatureStore, load_features
     from .manifest import read_manifest
-    from .train import TrainConfig, load_recipe, train
+    from .training import TrainConfig, load_recipe, train
 
     config = load_recipe(args.recipe) if args.recipe else TrainConfig()
     if args.steps:
@@ -218,7 +199,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         from .suite import evaluate_suite
 
         if args.corpus or args.trials or args.official_split:
-            raise ValueError("--suite scores its own corpora; drop --corpus/--trials/--official-split, or drop --suite")
+            raise SubspacesError("--suite scores its own corpora; drop --corpus/--trials/--official-split, or drop --suite")
         evaluate_suite(args.model, args.suite, out, max_trials=args.max_trials)
         print(f"report: {out / 'report.md'}")
         return 0
@@ -241,10 +222,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Run the whole default pipeline offline: synthesise, extract, train, evaluate on FSDD."""
-    from .pipeline import RECIPES, run_demo
+    from .pipeline import DEMO_PLANS, run_demo
 
     started = time.perf_counter()
-    run_demo(args.out, RECIPES[args.recipe])
+    run_demo(args.out, DEMO_PLANS[args.size])
     print(f"[demo] finished in {time.perf_counter() - started:.0f} s")
     return 0
 
@@ -310,7 +291,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     if args.split:
         table = table[table["split"] == args.split].reset_index(drop=True)
         if table.empty:
-            raise ValueError(f"{args.corpus}: no rows with split {args.split!r}")
+            raise SubspacesError(f"{args.corpus}: no rows with split {args.split!r}")
     record = calibrate_model(args.model, table, subspace=args.subspace, operating_point=args.operating_point,
                              data=f"{args.corpus}" + (f", split {args.split}" if args.split else ""))
     print(f"{args.subspace} threshold {record['threshold']:.4f} at {record['operating_point']} "
@@ -358,8 +339,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo = verbs.add_parser("demo", help="the whole default pipeline offline (synth, extract, train, evaluate)",
                             description=cmd_demo.__doc__)
     demo.add_argument("--out", default="runs/demo", help="output folder; a rerun reuses finished stages")
-    demo.add_argument("--recipe", choices=("demo", "large"), default="demo",
-                      help="demo: espeak-ng + flite voices, minutes; large: + 48 Kokoro and 9 Piper voices (~30 min)")
+    demo.add_argument("--size", choices=("small", "large"), default="small",
+                      help="small: espeak-ng + flite voices, minutes; large: + 48 Kokoro and 9 Piper voices (~30 min)")
     demo.set_defaults(func=cmd_demo)
 
     voices = verbs.add_parser("voices", help="sample a reproducible voice bank", description=cmd_voices.__doc__)
@@ -480,7 +461,6 @@ def build_parser() -> argparse.ArgumentParser:
                               description=cmd_export.__doc__)
     export.add_argument("model")
     export.add_argument("--out", required=True, help="model.onnx")
-    export.add_argument("--format", default="onnx", choices=["onnx"])
     export.add_argument("--head-only", action="store_true", help="pooled features in, instead of waveform in")
     export.add_argument("--opset", type=int, default=17)
     export.add_argument("--check-clips", nargs="+", help="audio files to check the export on (default: 10 FSDD clips)")
@@ -490,23 +470,33 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one verb. Exit codes: 0 done; 1 an error the user can fix, printed as one line
+    `error: ...` (a `SubspacesError`, or a file the system refused: missing, unreadable, a
+    full disk); 2 done, but some inputs were skipped (each listed), or bad arguments
+    (argparse); 130 interrupted, finished work kept. Anything else is a bug in this
+    package and shows its traceback."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
-    from .audio import AudioError
-    from .backbones import BackboneUnavailable
-    from .manifest import ManifestError
-
     try:
         return args.func(args)
-    except (AudioError, BackboneUnavailable, ManifestError, FileNotFoundError, ValueError, RuntimeError) as error:
+    except SubspacesError as error:
         print(f"error: {error}", file=sys.stderr)
+        return 1
+    except OSError as error:
+        where = f"{error.filename}: " if error.filename else ""
+        print(f"error: {where}{error.strerror or error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted; finished work is kept, rerun to continue", file=sys.stderr)
         return 130
+    except Exception:
+        traceback.print_exc()
+        print("error: the above is a bug in speech-subspaces, not in your input; please report it with the "
+              "command you ran", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ import pandas as pd
 import soundfile as sf
 from tqdm.auto import tqdm
 
+from .errors import SubspacesError
 from .manifest import COLUMNS, validate_manifest
 from .progress import progress_bar
 
@@ -72,7 +73,7 @@ _LIBRISPEECH_ID = re.compile(r"^(?P<speaker>\d+)-(?P<chapter>\d+)-(?P<utt>\d+)$"
 _LIBRITTS_ID = re.compile(r"^(?P<speaker>\d+)_(?P<chapter>\d+)_(?P<rest>[0-9_]+)$")
 
 
-class CorpusError(ValueError):
+class CorpusError(SubspacesError, ValueError):
     """A corpus folder, trial list or CSV that cannot be read; the message names the file
     and, where the layout is wrong, what layout was expected."""
 
@@ -155,6 +156,18 @@ def fsdd_root() -> Path:
     return root
 
 
+def _named_files(files: list[Path], folder: Path, match, corpus: str, pattern: str, example: str):
+    """(file, match) for each of `files`, refusing an empty list and any file whose name
+    `match(name)` does not match, with the corpus' naming `pattern` in the message."""
+    if not files:
+        raise CorpusError(f"{folder}: no .wav files; expected {corpus}'s {pattern} recordings")
+    for file in files:
+        found = match(file.name)
+        if found is None:
+            raise CorpusError(f"{file}: not a file name of {corpus}; expected {pattern.split('/')[-1]}, e.g. {example}")
+        yield file, found
+
+
 def read_fsdd(
     root: str | Path | None = None, *, limit_per_speaker_digit: int | None = None, seed: int | None = 0
 ) -> pd.DataFrame:
@@ -174,18 +187,9 @@ def read_fsdd(
     """
     root = fsdd_root() if root is None else _require_folder(root, "an FSDD folder with recordings/*.wav")
     recordings = root / "recordings" if (root / "recordings").is_dir() else root
-    files = sorted(recordings.glob("*.wav"))
-    if not files:
-        raise CorpusError(
-            f"{recordings}: no .wav files; expected FSDD's {{digit}}_{{speaker}}_{{index}}.wav recordings"
-        )
     rows = []
-    for file in files:
-        match = _FSDD_NAME.match(file.name)
-        if match is None:
-            raise CorpusError(
-                f"{file}: not an FSDD file name; expected {{digit}}_{{speaker}}_{{index}}.wav, e.g. 3_theo_12.wav"
-            )
+    for file, match in _named_files(sorted(recordings.glob("*.wav")), recordings, _FSDD_NAME.match,
+                                    "FSDD", "{digit}_{speaker}_{index}.wav", "3_theo_12.wav"):
         index = int(match["index"])
         word = DIGIT_WORDS[int(match["digit"])]
         rows.append(dict(
@@ -506,19 +510,10 @@ def read_libritts(root: str | Path, *, transcript: str = "normalized") -> pd.Dat
     root = _require_folder(
         root, "a LibriTTS folder with {speaker}/{chapter}/{speaker}_{chapter}_*.wav and .normalized.txt"
     )
-    files = sorted(root.rglob("*.wav"))
-    if not files:
-        raise CorpusError(
-            f"{root}: no .wav files; expected LibriTTS's {{speaker}}/{{chapter}}/{{speaker}}_{{chapter}}_{{...}}.wav"
-        )
     rows = []
-    for file in files:
-        match = _LIBRITTS_ID.match(file.stem)
-        if match is None:
-            raise CorpusError(
-                f"{file}: not a LibriTTS file name; expected {{speaker}}_{{chapter}}_{{...}}.wav, "
-                "e.g. 84_121123_000007_000001.wav"
-            )
+    for file, match in _named_files(sorted(root.rglob("*.wav")), root, lambda name: _LIBRITTS_ID.match(Path(name).stem),
+                                    "LibriTTS", "{speaker}/{chapter}/{speaker}_{chapter}_{...}.wav",
+                                    "84_121123_000007_000001.wav"):
         text_file = file.with_name(f"{file.stem}.{transcript}.txt")
         if not text_file.is_file():
             raise CorpusError(f"{file}: no transcript {text_file.name} beside it")

@@ -38,9 +38,11 @@ from collections.abc import Callable, Mapping
 import numpy as np
 import pandas as pd
 
+from .errors import SubspacesError
 from .metrics import eer, eer_of_curve, min_dcf, min_dcf_of_curve
 
 __all__ = [
+    "EvaluationError",
     "MAX_FOLDS",
     "SCORE_BINS",
     "cosine_scores",
@@ -56,6 +58,11 @@ __all__ = [
     "verification",
     "verification_all_pairs",
 ]
+
+
+class EvaluationError(SubspacesError, ValueError):
+    """An evaluation that cannot run on these inputs (too few clips, a trial list that does not match, ...)."""
+
 
 # Streamed verification bins cosine scores on this many equal bins over [-1, 1] (width
 # 2 / 2**16 = 3.05e-5, far above the float32 rounding of a cosine, about 1e-7), so a
@@ -171,9 +178,9 @@ def make_trials(table: pd.DataFrame, max_trials: int | None = None, seed: int = 
     """
     n = len(table)
     if n < 2:
-        raise ValueError(f"need at least 2 utterances to make trials, got {n}")
+        raise EvaluationError(f"need at least 2 utterances to make trials, got {n}")
     if max_trials is not None and max_trials < 1:
-        raise ValueError(f"max_trials must be at least 1 (or None for all pairs), got {max_trials}")
+        raise EvaluationError(f"max_trials must be at least 1 (or None for all pairs), got {max_trials}")
     total = n * (n - 1) // 2
     rng = np.random.default_rng(seed)
     if max_trials is None or max_trials >= total:
@@ -202,11 +209,11 @@ def trials_from_list(table: pd.DataFrame, trial_list: pd.DataFrame, key: str = "
     [1, 2]
     """
     if key not in table.columns:
-        raise ValueError(f"the manifest has no {key!r} column to match the trial list's paths against")
+        raise EvaluationError(f"the manifest has no {key!r} column to match the trial list's paths against")
     row = {path: i for i, path in enumerate(table[key].astype(str))}
     missing = sorted({p for p in (*trial_list["enroll"], *trial_list["test"]) if p not in row})
     if missing:
-        raise ValueError(f"{len(missing)} trial-list path(s) are not in the manifest, e.g. {', '.join(missing[:3])}")
+        raise EvaluationError(f"{len(missing)} trial-list path(s) are not in the manifest, e.g. {', '.join(missing[:3])}")
     enroll = trial_list["enroll"].map(row).to_numpy()
     test = trial_list["test"].map(row).to_numpy()
     return _trial_frame(table, enroll, test, trial_list["label"].astype(int).to_numpy() == 1)
@@ -215,10 +222,10 @@ def trials_from_list(table: pd.DataFrame, trial_list: pd.DataFrame, key: str = "
 def _unit(embeddings: np.ndarray) -> np.ndarray:
     embeddings = np.asarray(embeddings, dtype=np.float64)
     if embeddings.ndim != 2:
-        raise ValueError(f"embeddings must be a matrix float[N, D], got shape {embeddings.shape}")
+        raise EvaluationError(f"embeddings must be a matrix float[N, D], got shape {embeddings.shape}")
     norms = np.linalg.norm(embeddings, axis=1, keepdims=True)
     if np.any(norms == 0) or not np.all(np.isfinite(embeddings)):
-        raise ValueError("embeddings contain an all-zero or non-finite vector; cosine scoring is undefined")
+        raise EvaluationError("embeddings contain an all-zero or non-finite vector; cosine scoring is undefined")
     return embeddings / norms
 
 
@@ -320,11 +327,11 @@ def verification_all_pairs(
     """
     n = len(table)
     if n < 2:
-        raise ValueError(f"need at least 2 utterances to make trials, got {n}")
+        raise EvaluationError(f"need at least 2 utterances to make trials, got {n}")
     if len(embeddings) != n:
-        raise ValueError(f"{len(embeddings)} embeddings for {n} manifest rows")
+        raise EvaluationError(f"{len(embeddings)} embeddings for {n} manifest rows")
     if bins < 2:
-        raise ValueError(f"bins must be at least 2, got {bins}")
+        raise EvaluationError(f"bins must be at least 2, got {bins}")
     unit = _unit(embeddings).astype(np.float32)
     speaker = _codes(table["speaker"], empty_is_unknown=False)
     content = _codes(table["content"])
@@ -427,9 +434,9 @@ def speaker_folds(speakers: np.ndarray, test_speakers: int = 2, max_folds: int =
     """
     names = sorted(set(speakers.tolist()))
     if len(names) <= test_speakers:
-        raise ValueError(f"a speaker-disjoint probe needs more than {test_speakers} speakers, got {len(names)}")
+        raise EvaluationError(f"a speaker-disjoint probe needs more than {test_speakers} speakers, got {len(names)}")
     if max_folds < 1:
-        raise ValueError(f"max_folds must be at least 1, got {max_folds}")
+        raise EvaluationError(f"max_folds must be at least 1, got {max_folds}")
     groups = len(names) // test_speakers
     if groups <= max_folds:
         return [np.array(names[k * test_speakers : (k + 1) * test_speakers]) for k in range(groups)]
@@ -467,10 +474,10 @@ def keyword_probe(
     confusion = np.zeros((len(labels), len(labels)), dtype=int)
     if official_split:
         if "split" not in table.columns:
-            raise ValueError(f"official_split needs a 'split' column; the manifest has {', '.join(table.columns)}")
+            raise EvaluationError(f"official_split needs a 'split' column; the manifest has {', '.join(table.columns)}")
         split = _labels(table["split"])
         if not ((split == "train").any() and (split == "test").any()):
-            raise ValueError(f"official_split needs rows of split 'train' and 'test'; "
+            raise EvaluationError(f"official_split needs rows of split 'train' and 'test'; "
                              f"splits present: {sorted(set(split))}")
         folds = [(split == "train", split == "test")]
     else:
@@ -568,9 +575,9 @@ def evaluate_systems(
     n = len(table)
     for name, embeddings in systems.items():
         if len(embeddings) != n:
-            raise ValueError(f"system {name!r}: {len(embeddings)} embeddings for {n} manifest rows")
+            raise EvaluationError(f"system {name!r}: {len(embeddings)} embeddings for {n} manifest rows")
     if n < 2:
-        raise ValueError(f"need at least 2 utterances to make trials, got {n}")
+        raise EvaluationError(f"need at least 2 utterances to make trials, got {n}")
     all_pairs = n * (n - 1) // 2
     if trial_list is not None:
         trials, kind = trials_from_list(table, trial_list), "trials from the list"

@@ -15,8 +15,9 @@ numbers for the whole padded batch at once:
 - convolutions: mel frames, then first-convolution frames, past each clip's end are set
   to zero, which is what a lone clip's zero padding gives;
 - attention: an additive mask (0 for a clip's frames, -1e9 past its end) keeps every
-  clip attending to its own frames only;
-- pooling: mean (and std) over each clip's valid frames, as `features.pool_frames`.
+  clip attending to its own frames only (`whisper.masked_attention`; the rest of each
+  layer is `whisper.encoder_layer`, the code eager runs use);
+- pooling: mean (and std) over each clip's valid frames, with `backbones.pool_frames`.
 
 Head-only export: input `features` float[batch, layers, dim] (pooled as in training),
 the same outputs. It works for every backbone.
@@ -37,20 +38,20 @@ import torch
 from torch import nn
 
 from .atomic import write_atomic
-from .backbones import WhisperBackbone
+from .backbones import WhisperBackbone, pooled_input
+from .errors import SubspacesError
 from .inference import SubspaceEncoder, load_model
 from .model import SubspaceModel
-from .whisper import HOP_LENGTH, N_FFT, WhisperLogMel
+from .whisper import HOP_LENGTH, N_FFT, WhisperLogMel, encoder_states, masked_attention
 
-__all__ = [
-    "check_onnx","BatchedWhisperSubspaces", "ExportError", "SubspaceHead", "export_onnx", "pad_batch"]
+__all__ = ["BatchedWhisperSubspaces", "ExportError", "SubspaceHead", "check_onnx", "export_onnx", "pad_batch"]
 
 # Added to attention logits of padded keys: exp(-1e9 - max) is exactly 0 in float32,
 # and unlike -inf it cannot make a NaN.
 _MASKED = -1e9
 
 
-class ExportError(ValueError):
+class ExportError(SubspacesError, ValueError):
     """A model that cannot be exported as asked; the message says why and what to do instead."""
 
 
@@ -132,46 +133,14 @@ class BatchedWhisperSubspaces(nn.Module):
         hidden = hidden * mel_valid[:, None, :].to(hidden.dtype)
         hidden = nn.functional.gelu(whisper.conv2(hidden)).transpose(1, 2)
         num_frames = torch.div(mel_frames + 1, 2, rounding_mode="floor")
-        frames = hidden.shape[1]
-        states = [hidden]  # layer 0 without the positional table, as in encode_whisper
-        hidden = hidden + whisper.embed_positions.weight[:frames]
-        valid = torch.arange(frames, device=hidden.device)[None, :] < num_frames[:, None]
+        valid = torch.arange(hidden.shape[1], device=hidden.device)[None, :] < num_frames[:, None]
         key_mask = torch.where(valid, 0.0, _MASKED).to(hidden.dtype)[:, None, None, :]
-        for layer in whisper.layers:
-            hidden = self._layer(layer, hidden, key_mask)
-            states.append(hidden)
-        states[-1] = whisper.layer_norm(hidden)
-        return torch.stack(states) * valid[None, :, :, None].to(hidden.dtype), num_frames
-
-    @staticmethod
-    def _layer(layer: nn.Module, hidden: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
-        """One pre-norm encoder layer; key_mask float[B, 1, 1, T] is added to the logits."""
-        attn = layer.self_attn
-        batch, frames, width = hidden.shape
-        x = layer.self_attn_layer_norm(hidden)
-
-        def heads(projected: torch.Tensor) -> torch.Tensor:  # [B, T, D] -> [B, H, T, D/H]
-            return projected.reshape(batch, frames, attn.num_heads, attn.head_dim).transpose(1, 2)
-
-        query, key, value = heads(attn.q_proj(x) * attn.scaling), heads(attn.k_proj(x)), heads(attn.v_proj(x))
-        weights = torch.softmax(torch.matmul(query, key.transpose(2, 3)) + key_mask, dim=-1)
-        context = torch.matmul(weights, value).transpose(1, 2).reshape(batch, frames, width)
-        hidden = hidden + attn.out_proj(context)
-        x = layer.final_layer_norm(hidden)
-        return hidden + layer.fc2(layer.activation_fn(layer.fc1(x)))
+        return encoder_states(whisper, hidden, valid, masked_attention(key_mask)), num_frames
 
     def pooled_features(self, waveform: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """float[B, S], long[B] -> the model's input float[B, L, D], pooled as in training."""
         states, num_frames = self.hidden_states(waveform, lengths)
-        states = states[self.layers]
-        counts = num_frames.to(states.dtype)[None, :, None]
-        mean = states.sum(dim=2) / counts
-        pooled = [mean]
-        if "std" in self.pooling:
-            valid = torch.arange(states.shape[2], device=states.device)[None, :] < num_frames[:, None]
-            deviation = (states - mean[:, :, None, :]) * valid[None, :, :, None].to(states.dtype)
-            pooled.append((deviation.square().sum(dim=2) / counts).sqrt())
-        return torch.cat(pooled, dim=2).transpose(0, 1)
+        return pooled_input(states[self.layers], num_frames, self.pooling)
 
     def forward(self, waveform: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, ...]:
         return tuple(self.head(self.pooled_features(waveform, lengths)).values())

@@ -46,32 +46,34 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from .atomic import write_atomic, write_text_atomic
-from .audio import DEFAULT_MAX_DURATION_S, AudioError, load_audio
-from .backbones import Backbone, load_backbone
+from .audio import AudioError
+from .backbones import Backbone, load_backbone, pool_frames
+from .errors import SubspacesError
 from .manifest import audio_paths, read_manifest, validate_manifest
 from .progress import progress_bar
 
 __all__ = [
     "FORMAT_VERSION",
-    "POOLINGS",
+    "STATISTICS",
     "FeatureStore",
     "FeatureStoreError",
+    "EncodedFiles",
+    "encode_files",
     "extract_features",
     "load_features",
     "merge_feature_stores",
     "plan_shards",
-    "pool_frames",
 ]
 
 # 2: Whisper's layer 0 is taken before the positional table is added (subspaces.whisper).
 FORMAT_VERSION = 2
-POOLINGS = ("mean", "std")
+STATISTICS = ("mean", "std")
 # Fields of store.json that identify what the features are; two stores (or a store and a
 # new run) may only be combined when all of them agree.
 _IDENTITY = ("format_version", "backbone", "layers", "pooling", "frame_layers", "manifest", "shard_size")
 
 
-class FeatureStoreError(ValueError):
+class FeatureStoreError(SubspacesError, ValueError):
     """A feature store that cannot be used as asked; the message names the folder and why."""
 
 
@@ -103,9 +105,9 @@ def plan_shards(durations: Sequence[float], shard_size: int, batch_seconds: floa
     [((1, 2, 4),), ((3,), (0,))]
     """
     if shard_size < 1:
-        raise ValueError(f"shard_size must be at least 1, got {shard_size}")
+        raise FeatureStoreError(f"shard_size must be at least 1, got {shard_size}")
     if batch_seconds <= 0:
-        raise ValueError(f"batch_seconds must be positive, got {batch_seconds}")
+        raise FeatureStoreError(f"batch_seconds must be positive, got {batch_seconds}")
     order = np.argsort(np.asarray(durations, dtype=np.float64), kind="stable")
     shards = []
     for start in range(0, len(order), shard_size):
@@ -162,21 +164,21 @@ def _normalize_layers(layers: Sequence[int] | None, num_layers: int, what: str) 
     out = []
     for layer in layers:
         if not -num_layers <= int(layer) < num_layers:
-            raise ValueError(
+            raise FeatureStoreError(
                 f"{what}: layer {layer} does not exist; the backbone has hidden states 0..{num_layers - 1}"
             )
         out.append(int(layer) % num_layers)
     if len(set(out)) != len(out):
-        raise ValueError(f"{what}: layers {list(layers)} name the same layer twice")
+        raise FeatureStoreError(f"{what}: layers {list(layers)} name the same layer twice")
     return out
 
 
 def _normalize_pooling(pooling: str | Sequence[str]) -> list[str]:
     names = pooling.split("+") if isinstance(pooling, str) else list(pooling)
-    bad = [p for p in names if p not in POOLINGS]
+    bad = [p for p in names if p not in STATISTICS]
     if not names or bad or len(set(names)) != len(names):
-        raise ValueError(
-            f"pooling must be one or more distinct of {', '.join(POOLINGS)} "
+        raise FeatureStoreError(
+            f"pooling must be one or more distinct of {', '.join(STATISTICS)} "
             f"(a sequence or a string like 'mean+std'), got {pooling!r}"
         )
     return names
@@ -195,32 +197,6 @@ def _describe_difference(found: dict, wanted: dict) -> str:
     return "; ".join(lines)
 
 
-def pool_frames(hidden_states: torch.Tensor, num_frames: torch.Tensor, pooling: Sequence[str]) -> dict[str, torch.Tensor]:
-    """Mean and/or standard deviation over each clip's valid frames.
-
-    hidden_states: float[L, B, T, D] with zeros past each clip's end; num_frames: long[B].
-    Returns {"mean": float[B, L, D], "std": float[B, L, D]} (population std, 0 for one frame).
-
-    >>> states = torch.tensor([[[[1.0], [3.0], [0.0]]]])  # L=1, B=1, T=3 (2 valid), D=1
-    >>> {k: v.flatten().tolist() for k, v in pool_frames(states, torch.tensor([2]), ["mean", "std"]).items()}
-    {'mean': [2.0], 'std': [1.0]}
-    """
-    # float32 throughout: a clip has at most a few thousand frames, and the two-pass
-    # variance (deviations from the mean) avoids the cancellation of E[x^2] - E[x]^2.
-    states = hidden_states.float()
-    counts = num_frames.to(states.device, states.dtype).clamp(min=1)[None, :, None]
-    mean = states.sum(dim=2) / counts
-    out = {}
-    if "mean" in pooling:
-        out["mean"] = mean.transpose(0, 1).contiguous()
-    if "std" in pooling:
-        valid = torch.arange(states.shape[2], device=states.device)[None, :] < num_frames.to(states.device)[:, None]
-        deviation = (states - mean[:, :, None, :]) * valid[None, :, :, None]
-        variance = deviation.square_().sum(dim=2) / counts
-        out["std"] = variance.sqrt_().transpose(0, 1).contiguous()
-    return out
-
-
 # ----------------------------------------------------------------------------------
 # Extraction
 # ----------------------------------------------------------------------------------
@@ -234,16 +210,10 @@ class _Decoded:
 
 
 def _decode_batch(batch: Sequence[int], paths: list[Path], backbone: Backbone) -> _Decoded:
-    max_duration_s = DEFAULT_MAX_DURATION_S
-    if backbone.max_samples is not None:
-        max_duration_s = min(max_duration_s, backbone.max_samples / backbone.sample_rate)
     decoded = _Decoded([], [], [])
     for position in batch:
         try:
-            wave = load_audio(paths[position], backbone.sample_rate, min_samples=backbone.min_samples,
-                              max_duration_s=max_duration_s)
-            if backbone.max_samples is not None and len(wave) > backbone.max_samples:
-                raise AudioError(f"{paths[position]}: longer than the {max_duration_s:g} s {backbone.name} accepts")
+            wave = backbone.read(paths[position])
         except AudioError as error:
             decoded.failures.append((position, str(error)))
             continue
@@ -274,6 +244,43 @@ def _prefetch(batches: list[tuple[int, ...]], decode: Callable[[tuple[int, ...]]
         finally:
             for future in pending:
                 future.cancel()
+
+
+@dataclass
+class EncodedFiles:
+    """What `encode_files` returns: `paths` (the files read, in the order given), `pooled`
+    float32[files, hidden states, width] (each layer mean-pooled over the clip's frames),
+    `failures` (one message per file that could not be read, naming it), `audio_seconds`."""
+
+    paths: list[Path]
+    pooled: np.ndarray
+    failures: list[str]
+    audio_seconds: float
+
+
+def encode_files(paths: Sequence[str | Path], backbone: Backbone, *, batch_size: int = 16,
+                 workers: int = 2) -> EncodedFiles:
+    """Every hidden state of `backbone`, mean-pooled, for audio files: the quick look of
+    `subspaces encode` (no store; use `extract_features` for a corpus). Files are decoded
+    in `workers` threads and run `batch_size` at a time; unreadable ones are listed in
+    `failures`, not raised."""
+    if batch_size < 1:
+        raise FeatureStoreError(f"batch_size must be a positive integer, got {batch_size}")
+    files = [Path(p) for p in paths]
+    batches = [tuple(range(start, min(start + batch_size, len(files)))) for start in range(0, len(files), batch_size)]
+    read, vectors, failures, seconds = [], [], [], 0.0
+    decoded_batches = _prefetch(batches, lambda batch: _decode_batch(batch, files, backbone), workers)
+    for decoded in progress_bar(decoded_batches, total=len(batches), desc="encode", unit="batch"):
+        failures.extend(message for _, message in decoded.failures)
+        if not decoded.waves:
+            continue
+        output = backbone.encode(decoded.waves)
+        vectors.append(pool_frames(output.hidden_states, output.num_frames, ["mean"])["mean"].numpy())
+        read.extend(files[i] for i in decoded.positions)
+        seconds += sum(len(w) for w in decoded.waves) / backbone.sample_rate
+    width = (backbone.num_layers, backbone.width)
+    pooled = np.concatenate(vectors) if vectors else np.zeros((0, *width), dtype=np.float32)
+    return EncodedFiles(read, pooled, failures, seconds)
 
 
 def _shard_contents(path: Path) -> dict:
@@ -367,7 +374,7 @@ def extract_features(
     if isinstance(backbone, (str, Path)):
         backbone = load_backbone(backbone, precision=precision or "float32")
     elif precision is not None and precision != backbone.precision:
-        raise ValueError(
+        raise FeatureStoreError(
             f"precision={precision!r} but the given backbone runs in {backbone.precision}; "
             f"load it with load_backbone(..., precision={precision!r}) or pass its name instead"
         )
@@ -377,9 +384,9 @@ def extract_features(
     if shard is not None:
         part, parts = shard
         if not (isinstance(parts, int) and parts >= 1 and isinstance(part, int) and 0 <= part < parts):
-            raise ValueError(f"shard must be (i, n) with 0 <= i < n, got {shard!r}")
+            raise FeatureStoreError(f"shard must be (i, n) with 0 <= i < n, got {shard!r}")
     if workers < 0:
-        raise ValueError(f"workers must be 0 or more, got {workers}")
+        raise FeatureStoreError(f"workers must be 0 or more, got {workers}")
 
     utt_ids = table["utt_id"].astype(str).tolist()
     paths = audio_paths(table)
@@ -486,7 +493,7 @@ def merge_feature_stores(parts: Sequence[str | Path], out_dir: str | Path) -> Pa
     """
     out_dir = Path(out_dir)
     if not parts:
-        raise ValueError("merge_feature_stores needs at least one part store")
+        raise FeatureStoreError("merge_feature_stores needs at least one part store")
     configs = []
     for part in map(Path, parts):
         if not (part / "store.json").is_file():

@@ -31,9 +31,8 @@ import numpy as np
 import torch
 
 from .atomic import write_text_atomic
-from .audio import DEFAULT_MAX_DURATION_S, load_audio
-from .backbones import Backbone, load_backbone
-from .features import pool_frames
+from .backbones import Backbone, load_backbone, pooled_input
+from .errors import SubspacesError
 from .metrics import det_curve, eer_with_threshold
 from .model import CONFIG_FILE, WEIGHTS_FILE, SubspaceModel
 
@@ -57,7 +56,7 @@ _DCF_P_TARGET = 0.01
 Audio = str | Path | np.ndarray
 
 
-class InferenceError(ValueError):
+class InferenceError(SubspacesError, ValueError):
     """A model folder, backbone or input that cannot be used for inference; the message says why."""
 
 
@@ -223,13 +222,9 @@ class SubspaceEncoder:
 
     def read(self, audio: Audio) -> np.ndarray:
         """One clip as float32[samples] at the backbone's rate: a file path is decoded
-        (and resampled) with `load_audio`; an array must already be mono at that rate."""
+        (and resampled) with `Backbone.read`; an array must already be mono at that rate."""
         if isinstance(audio, (str, Path)):
-            max_s = DEFAULT_MAX_DURATION_S
-            if self.backbone.max_samples is not None:
-                max_s = min(max_s, self.backbone.max_samples / self.backbone.sample_rate)
-            return load_audio(audio, self.backbone.sample_rate, min_samples=self.backbone.min_samples,
-                              max_duration_s=max_s)
+            return self.backbone.read(audio)
         wave = np.asarray(audio.detach().cpu() if torch.is_tensor(audio) else audio, dtype=np.float32)
         if wave.ndim != 1:
             raise InferenceError(
@@ -261,9 +256,7 @@ class SubspaceEncoder:
         for start in range(0, len(order), batch_size):
             chosen = order[start : start + batch_size]
             output = self.backbone.encode([clips[i] for i in chosen])
-            states = output.hidden_states[self.layers]
-            pooled = pool_frames(states, output.num_frames, self.pooling)
-            features = torch.cat([pooled[name] for name in self.pooling], dim=2).cpu()
+            features = pooled_input(output.hidden_states[self.layers], output.num_frames, self.pooling).cpu()
             for row, index in zip(features, chosen):
                 rows[index] = row
         return torch.stack(rows)

@@ -22,6 +22,8 @@ from collections.abc import Mapping
 import torch
 import torch.nn.functional as F
 
+from .errors import SubspacesError
+
 __all__ = [
     "LossError",
     "differ_only_in_nuisance",
@@ -35,7 +37,7 @@ __all__ = [
 DEFAULT_TEMPERATURE = 0.1
 
 
-class LossError(ValueError):
+class LossError(SubspacesError, ValueError):
     """A loss that is undefined for its inputs (no positive pair, mismatched shapes...)."""
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 import pandas as pd
 
 from .atomic import write_atomic
+from .errors import SubspacesError
 
 __all__ = [
     "COLUMNS",
@@ -35,7 +36,7 @@ COLUMNS = ("utt_id", "path", "speaker", "content", "text", "duration_s", "sample
 _STRING_COLUMNS = ("utt_id", "path", "speaker", "content", "text", "split", "source")
 
 
-class ManifestError(ValueError):
+class ManifestError(SubspacesError, ValueError):
     """A manifest that cannot be used; the message names the file and every problem."""
 
 

@@ -25,7 +25,10 @@ from typing import Sequence
 
 import numpy as np
 
+from .errors import SubspacesError
+
 __all__ = [
+    "MetricsError",
     "as_norm",
     "det_curve",
     "eer",
@@ -36,6 +39,11 @@ __all__ = [
     "s_norm",
 ]
 
+
+class MetricsError(SubspacesError, ValueError):
+    """Scores, labels or costs that no verification metric is defined for; the message says which."""
+
+
 ArrayLike = Sequence[float] | np.ndarray
 
 
@@ -44,24 +52,24 @@ def _check_trials(scores: ArrayLike, labels: ArrayLike) -> tuple[np.ndarray, np.
     scores = np.asarray(scores, dtype=np.float64)
     labels = np.asarray(labels)
     if scores.ndim != 1 or labels.ndim != 1:
-        raise ValueError(f"scores and labels must be 1-D, got shapes {scores.shape} and {labels.shape}")
+        raise MetricsError(f"scores and labels must be 1-D, got shapes {scores.shape} and {labels.shape}")
     if len(scores) != len(labels):
-        raise ValueError(f"scores and labels differ in length: {len(scores)} scores, {len(labels)} labels")
+        raise MetricsError(f"scores and labels differ in length: {len(scores)} scores, {len(labels)} labels")
     if len(scores) == 0:
-        raise ValueError("no trials: scores and labels are empty")
+        raise MetricsError("no trials: scores and labels are empty")
     bad = np.flatnonzero(~np.isfinite(scores))
     if len(bad):
-        raise ValueError(
+        raise MetricsError(
             f"{len(bad)} non-finite score(s), first at index {bad[0]} ({scores[bad[0]]}); "
             "a NaN or infinite score usually means a failed embedding upstream"
         )
     values = set(np.unique(labels).tolist())
     if not values <= {0, 1}:
-        raise ValueError(f"labels must be 1 (target) or 0 (non-target), got values {sorted(values, key=str)}")
+        raise MetricsError(f"labels must be 1 (target) or 0 (non-target), got values {sorted(values, key=str)}")
     is_target = labels.astype(bool)
     if is_target.all() or not is_target.any():
         missing = "non-target (0)" if is_target.all() else "target (1)"
-        raise ValueError(f"no {missing} trials: verification metrics need both targets and non-targets")
+        raise MetricsError(f"no {missing} trials: verification metrics need both targets and non-targets")
     return scores, is_target
 
 
@@ -176,9 +184,9 @@ def min_dcf_of_curve(
     1.0
     """
     if not 0 < p_target < 1:
-        raise ValueError(f"p_target must lie strictly between 0 and 1, got {p_target}")
+        raise MetricsError(f"p_target must lie strictly between 0 and 1, got {p_target}")
     if c_miss <= 0 or c_fa <= 0:
-        raise ValueError(f"c_miss and c_fa must be positive, got c_miss={c_miss}, c_fa={c_fa}")
+        raise MetricsError(f"c_miss and c_fa must be positive, got c_miss={c_miss}, c_fa={c_fa}")
     cost = c_miss * p_target * p_miss + c_fa * (1 - p_target) * p_fa
     return float(cost.min() / min(c_miss * p_target, c_fa * (1 - p_target)))
 
@@ -187,7 +195,7 @@ def _cohort_stats(cohort_scores: np.ndarray, top_k: int | None, side: str) -> tu
     """Mean and (population) standard deviation per row, over all or the top-k columns."""
     if top_k is not None:
         if not 2 <= top_k <= cohort_scores.shape[1]:
-            raise ValueError(
+            raise MetricsError(
                 f"top_k must be between 2 and the cohort size {cohort_scores.shape[1]} ({side} side), got {top_k}"
             )
         # The k largest of each row; their order does not matter for a mean and std.
@@ -196,7 +204,7 @@ def _cohort_stats(cohort_scores: np.ndarray, top_k: int | None, side: str) -> tu
     std = cohort_scores.std(axis=1)
     flat = np.flatnonzero(std == 0)
     if len(flat):
-        raise ValueError(
+        raise MetricsError(
             f"{side} cohort scores of trial {flat[0]} have zero spread (all equal to {mean[flat[0]]}); "
             "the cohort is degenerate or top_k too small"
         )
@@ -210,16 +218,16 @@ def _check_cohorts(
     enroll = np.asarray(enroll_cohort_scores, dtype=np.float64)
     test = np.asarray(test_cohort_scores, dtype=np.float64)
     if scores.ndim != 1 or len(scores) == 0:
-        raise ValueError(f"scores must be a non-empty 1-D array [N], got shape {scores.shape}")
+        raise MetricsError(f"scores must be a non-empty 1-D array [N], got shape {scores.shape}")
     for side, cohort in (("enroll", enroll), ("test", test)):
         if cohort.ndim != 2 or cohort.shape[0] != len(scores) or cohort.shape[1] == 0:
-            raise ValueError(
+            raise MetricsError(
                 f"{side}_cohort_scores must have shape [N={len(scores)}, K>0] (one row of cohort scores "
                 f"per trial), got {cohort.shape}"
             )
     for name, array in (("scores", scores), ("enroll_cohort_scores", enroll), ("test_cohort_scores", test)):
         if not np.isfinite(array).all():
-            raise ValueError(f"{name} contains non-finite values")
+            raise MetricsError(f"{name} contains non-finite values")
     return scores, enroll, test
 
 

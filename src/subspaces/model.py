@@ -47,6 +47,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .atomic import write_atomic
+from .errors import SubspacesError
 
 __all__ = ["ARCHITECTURE", "ModelError", "SubspaceConfig", "SubspaceModel", "RESIDUAL"]
 
@@ -63,7 +64,7 @@ WEIGHTS_FILE = "model.safetensors"
 _MIN_STD = 1e-5
 
 
-class ModelError(ValueError):
+class ModelError(SubspacesError, ValueError):
     """A model configuration, folder or input that cannot be used; the message says why."""
 
 

@@ -12,8 +12,8 @@ finished stages (and an interrupted one continues):
     out_dir/model/         the trained subspace model
     out_dir/report/        metrics.json, report.md, plots
 
->>> recipe = DemoRecipe()
->>> recipe.train.block
+>>> plan = DemoPlan()
+>>> plan.train.block
 {'speaker': 16, 'content': 16}
 """
 
@@ -29,26 +29,32 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .atomic import write_text_atomic
 from .backbones import Backbone, load_backbone
 from .corpora import read_fsdd
+from .errors import SubspacesError
 from .evaluate import evaluate_systems, linear_cka, summary_table
 from .features import extract_features, load_features
-from .grid import synthesize_grid
+from .inference import load_model
 from .manifest import read_manifest, write_manifest
-from .model import SubspaceModel
+from .model import LAYER_MIX, LAYER_MIX_EACH, SubspaceModel
 from .report import write_report
-from .synth import sample_voice_mix
-from .texts import load_texts, sample_texts
-from .train import TrainConfig, train
+from .synth import load_texts, sample_texts, sample_voice_mix, synthesize_grid
+from .training import TrainConfig, train
 
-__all__ = ["DemoRecipe", "RECIPES", "calibrate_model", "embed_features", "evaluate_model", "evaluate_models", "run_demo",
-           "training_rows"]
+__all__ = ["DEMO_PLANS", "DemoPlan", "PipelineError", "calibrate_model", "embed_features", "evaluate_model",
+           "evaluate_models", "run_demo", "training_rows"]
+
+
+class PipelineError(SubspacesError, ValueError):
+    """A pipeline step that cannot run as asked (a model for another backbone, an unknown subspace, ...)."""
+
 
 STORED_POOLING = ("mean", "std")
 
 
 @dataclass(frozen=True)
-class DemoRecipe:
+class DemoPlan:
     """What `subspaces demo` runs. Sized to finish in minutes on a 2-core CPU.
 
     The grid holds voices of both offline engines (flite's are built from recordings of
@@ -94,13 +100,13 @@ class DemoRecipe:
         val_every=120, checkpoint_every=120))
 
 
-# `subspaces demo --recipe NAME`. "large" adds Kokoro's and Piper's neural voices to the
+# `subspaces demo --size NAME`. "large" adds Kokoro's and Piper's neural voices to the
 # demo's grid and trains on all four engines: about 30 min of synthesis on 2 cores instead
 # of about 1. It was measured on FSDD only (benchmarks/RESULTS.md, "Which voices"), not
 # yet on the dev suite.
-RECIPES = {
-    "demo": DemoRecipe(),
-    "large": DemoRecipe(kokoro_voices=48, piper_voices=9, train_sources=("espeak-ng", "flite", "kokoro", "piper")),
+DEMO_PLANS = {
+    "small": DemoPlan(),
+    "large": DemoPlan(kokoro_voices=48, piper_voices=9, train_sources=("espeak-ng", "flite", "kokoro", "piper")),
 }
 
 
@@ -114,7 +120,7 @@ def training_rows(grid: pd.DataFrame, sources: tuple[str, ...]) -> np.ndarray:
     """
     unknown = sorted(set(sources) - set(grid["source"]))
     if unknown:
-        raise ValueError(f"train_sources {', '.join(unknown)} has no voice in the grid; "
+        raise PipelineError(f"train_sources {', '.join(unknown)} has no voice in the grid; "
                          f"its engines: {', '.join(sorted(set(grid['source'])))}")
     return (grid["source"].isin(sources) | (grid["split"] == "val")).to_numpy(copy=True)
 
@@ -145,44 +151,44 @@ def _layer_weights(model: SubspaceModel) -> dict[str, np.ndarray] | None:
     return dict(zip(model.config.sizes, weights))
 
 
-def run_demo(out_dir: str | Path, recipe: DemoRecipe = DemoRecipe()) -> dict:
+def run_demo(out_dir: str | Path, plan: DemoPlan = DemoPlan()) -> dict:
     """Run the default pipeline into `out_dir` and return the evaluation results
     (also written to out_dir/report/metrics.json)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "recipe.json").write_text(json.dumps(asdict(recipe), indent=2, default=str) + "\n")
+    write_text_atomic(out / "plan.json", json.dumps(asdict(plan), indent=2, default=str) + "\n")
     timings = {}
 
     started = _stage("1/4 synthesising the interventional grid")
-    voices = sample_voice_mix(recipe.espeak_voices, recipe.flite_voices, seed=recipe.seed,
-                              kokoro=recipe.kokoro_voices, piper=recipe.piper_voices)
-    texts = sample_texts(load_texts(recipe.texts), recipe.num_texts, seed=recipe.seed)
-    synthesize_grid(voices, texts, out / "grid", val_voices=recipe.val_voices, val_texts=recipe.val_texts,
-                    hold_out=recipe.hold_out,
-                    seed=recipe.seed, channels=list(recipe.channels), keep_mixed=False)
+    voices = sample_voice_mix(plan.espeak_voices, plan.flite_voices, seed=plan.seed,
+                              kokoro=plan.kokoro_voices, piper=plan.piper_voices)
+    texts = sample_texts(load_texts(plan.texts), plan.num_texts, seed=plan.seed)
+    synthesize_grid(voices, texts, out / "grid", val_voices=plan.val_voices, val_texts=plan.val_texts,
+                    hold_out=plan.hold_out,
+                    seed=plan.seed, channels=list(plan.channels), keep_mixed=False)
     timings["synth_s"] = time.perf_counter() - started
 
-    started = _stage(f"2/4 extracting {recipe.backbone} features of the grid")
-    backbone = load_backbone(recipe.backbone, precision=recipe.precision)
+    started = _stage(f"2/4 extracting {plan.backbone} features of the grid")
+    backbone = load_backbone(plan.backbone, precision=plan.precision)
     grid = read_manifest(out / "grid" / "manifest.csv")
     # mean and std are both kept (the std costs no backbone time), so benchmarks/levers.py
     # can compare poolings on the same features.
     extract_features(grid, backbone, out / "features-grid", pooling=STORED_POOLING)
-    fsdd = read_fsdd(limit_per_speaker_digit=recipe.fsdd_per_speaker_digit, seed=recipe.seed)
+    fsdd = read_fsdd(limit_per_speaker_digit=plan.fsdd_per_speaker_digit, seed=plan.seed)
     write_manifest(fsdd, out / "fsdd" / "manifest.csv")
     fsdd = read_manifest(out / "fsdd" / "manifest.csv")
     timings["extract_s"] = time.perf_counter() - started
 
     started = _stage("3/4 training the subspace model")
-    keep = training_rows(grid, recipe.train_sources)
-    grid_features = load_features(out / "features-grid", grid, pooling=recipe.train.pooling)[torch.from_numpy(keep)]
-    train(grid_features, grid[keep].reset_index(drop=True), recipe.train, out / "model",
-          metadata={"backbone": backbone.name, "backbone_revision": backbone.revision, "recipe": "demo"})
+    keep = training_rows(grid, plan.train_sources)
+    grid_features = load_features(out / "features-grid", grid, pooling=plan.train.pooling)[torch.from_numpy(keep)]
+    train(grid_features, grid[keep].reset_index(drop=True), plan.train, out / "model",
+          metadata={"backbone": backbone.name, "backbone_revision": backbone.revision, "demo_plan": "subspaces demo"})
     timings["train_s"] = time.perf_counter() - started
 
     started = _stage("4/4 evaluating on real speech (FSDD) and writing the report")
     results = evaluate_model(out / "model", fsdd, out / "features-fsdd", out / "report", backbone=backbone,
-                             seed=recipe.seed, title=f"FSDD (real speech) after training on a synthetic grid, {backbone.name}")
+                             seed=plan.seed, title=f"FSDD (real speech) after training on a synthetic grid, {backbone.name}")
     timings["evaluate_s"] = time.perf_counter() - started
     results["timings"] = timings
     (out / "report" / "timings.json").write_text(json.dumps(timings, indent=2) + "\n")
@@ -209,16 +215,8 @@ def evaluate_model(
     `corpus` (and maybe more) whose features the store keeps, so that a subset can be
     scored without extracting again. Returns the results.
     """
-    model = SubspaceModel.load(model_dir)
-    if backbone is None:
-        name = model.metadata.get("backbone")
-        if not name:
-            raise ValueError(f"{model_dir}: the model's config.json does not name its backbone; pass backbone=")
-        backbone = load_backbone(name)
-    expected = model.metadata.get("backbone_revision")
-    if expected and expected != backbone.revision:
-        raise ValueError(f"{model_dir} was trained on {backbone.name} revision {expected}, "
-                         f"but the backbone given is revision {backbone.revision}")
+    encoder = load_model(model_dir, backbone=backbone)
+    model, backbone = encoder.model, encoder.backbone
     extract_features(corpus if store_manifest is None else store_manifest, backbone, features_dir,
                      pooling=STORED_POOLING)
     features = load_features(features_dir, corpus, pooling=model.config.pooling)
@@ -244,7 +242,7 @@ def evaluate_model(
     write_report(
         results, report_dir, systems=systems, table=corpus,
         tsne_systems=tuple(f"ours: {name} subspace" for name in ours) + ("raw layer 0",),
-        layer_weights=_layer_weights(model),
+        layer_weights=_layer_weights(model), layer_weights_learned=model.config.layer in (LAYER_MIX, LAYER_MIX_EACH),
         title=title, notes=notes,
     )
     return results
@@ -260,7 +258,6 @@ def evaluate_models(
     `evaluate_model`. Returns (every model's results, the mean +- std summary or None for
     one model, the Markdown table: the model's, or the summary's).
     """
-    from .atomic import write_text_atomic
     from .evaluate import summarize_runs
 
     out = Path(out_dir)
@@ -296,7 +293,7 @@ def calibrate_model(
     encoder = load_model(model_dir)
     vectors = encoder.embed(audio_paths(corpus))
     if subspace not in vectors:
-        raise ValueError(f"{model_dir}: no subspace {subspace!r}; it has {', '.join(vectors)}")
+        raise PipelineError(f"{model_dir}: no subspace {subspace!r}; it has {', '.join(vectors)}")
     trials = make_trials(corpus, max_trials=max_trials, seed=seed)
     kind = "trials"
     if "same_language" in trials.columns:

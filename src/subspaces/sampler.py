@@ -27,10 +27,12 @@ from collections.abc import Iterator, Mapping
 import numpy as np
 import pandas as pd
 
+from .errors import SubspacesError
+
 __all__ = ["GridSampler", "SamplerError"]
 
 
-class SamplerError(ValueError):
+class SamplerError(SubspacesError, ValueError):
     """The table and block cannot give valid batches; the message says why."""
 
 

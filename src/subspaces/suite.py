@@ -30,6 +30,7 @@ import pandas as pd
 from .atomic import write_text_atomic
 from .backbones import Backbone
 from .corpora import load_corpus
+from .errors import SubspacesError
 from .manifest import read_manifest, write_manifest
 
 __all__ = ["SUITES", "evaluate_suite", "load_suite", "scored_rows", "suite_corpus"]
@@ -39,7 +40,7 @@ SUITES: dict[str, tuple[str, ...]] = {"dev": ("klettres", "ktuberling"), "test":
 FSDD_PER_SPEAKER_DIGIT = 10
 
 
-class SuiteError(ValueError):
+class SuiteError(SubspacesError, ValueError):
     """An unknown suite name, or a suite whose corpora cannot be read."""
 
 

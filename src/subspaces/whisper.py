@@ -10,9 +10,9 @@ depend on what it was batched with.
 Hidden state 0 is the convolutional front end's output *without* the positional table
 (transformers adds the table first). The table is the same for every clip, so pooled
 over time it encodes nothing but the clip's length, and on short clips it dominates the
-pooled vector: on FSDD digits, mean-pooled layer 0 scores 28.8 % speaker EER with the
-table and 21.3 % without it, because the table's mean tracks the word's duration. The
-table is still added before the first layer, so layers 1.. are transformers' own.
+pooled vector, because the table's mean tracks the word's duration (the speaker EER
+with and without it is measured in benchmarks/RESULTS.md). The table is still added
+before the first layer, so layers 1.. are transformers' own.
 
 CTranslate2 model folders (`model.bin` + `config.json`, the faster-whisper format) are
 read straight from their binary layout and converted once into a transformers
@@ -38,13 +38,21 @@ from transformers import WhisperConfig
 from transformers.audio_utils import mel_filter_bank
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
+from .errors import SubspacesError
+
 __all__ = [
+    "WhisperFileError",
     "WhisperLogMel",
     "convert_ctranslate2_whisper",
     "encode_whisper",
     "load_converted_whisper",
     "read_ctranslate2_model",
 ]
+
+
+class WhisperFileError(SubspacesError, ValueError):
+    """A Whisper model file that cannot be read (truncated, not Whisper, an unknown format); the message names it."""
+
 
 # Whisper's front end (openai/whisper audio.py): 16 kHz, 25 ms Hann window, 10 ms hop,
 # log10 mel clamped to 8 decades below the clip's peak, then scaled as (x + 4) / 4.
@@ -82,31 +90,70 @@ class WhisperLogMel(torch.nn.Module):
         return (log_spec + 4.0) / 4.0
 
 
-def _encoder_layer(layer, hidden: torch.Tensor, num_frames: list[int]) -> torch.Tensor:
-    """One pre-norm Whisper encoder layer over a padded batch, attention clip by clip.
+def encoder_layer(layer, hidden: torch.Tensor, attend) -> torch.Tensor:
+    """One pre-norm Whisper encoder layer over a padded batch: hidden float[B, T, D] ->
+    float[B, T, D].
 
     The projections and the MLP run on the whole padded batch (their rows are
-    independent); attention runs on each clip's own frames, so no clip ever sums over
-    another clip's padding and a batched clip gets the same numbers as a lone one.
-    hidden: float[B, T, D] -> float[B, T, D].
+    independent); `attend(query, key, value)` (each float[B, heads, T, D / heads], the
+    query already scaled) returns the attention context float[B, T, D] and decides how
+    padding is kept out: `clipwise_attention` (each clip on its own frames, for eager
+    runs) or `masked_attention` (one masked softmax, for traced exports).
     """
     attn = layer.self_attn
-    batch, frames, width = hidden.shape
+    batch, frames, _ = hidden.shape
     split = (batch, frames, attn.num_heads, attn.head_dim)
     x = layer.self_attn_layer_norm(hidden)
-    query = (attn.q_proj(x) * attn.scaling).view(split).transpose(1, 2)
-    key = attn.k_proj(x).view(split).transpose(1, 2)
-    value = attn.v_proj(x).view(split).transpose(1, 2)
-    context = hidden.new_zeros(batch, frames, width)
-    for i, n in enumerate(num_frames):
-        heads = torch.nn.functional.scaled_dot_product_attention(
-            query[i : i + 1, :, :n].contiguous(), key[i : i + 1, :, :n].contiguous(),
-            value[i : i + 1, :, :n].contiguous(), scale=1.0,
-        )
-        context[i, :n] = heads[0].transpose(0, 1).reshape(n, width)
-    hidden = hidden + attn.out_proj(context)
+    query = (attn.q_proj(x) * attn.scaling).reshape(split).transpose(1, 2)
+    key = attn.k_proj(x).reshape(split).transpose(1, 2)
+    value = attn.v_proj(x).reshape(split).transpose(1, 2)
+    hidden = hidden + attn.out_proj(attend(query, key, value))
     x = layer.final_layer_norm(hidden)
     return hidden + layer.fc2(layer.activation_fn(layer.fc1(x)))
+
+
+def clipwise_attention(num_frames: Sequence[int]):
+    """Attention of each clip over its own `num_frames[b]` frames only, so no clip ever
+    sums over another clip's padding and a batched clip gets the same numbers as a lone one."""
+
+    def attend(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+        batch, heads, frames, head_dim = query.shape
+        context = query.new_zeros(batch, frames, heads * head_dim)
+        for i, n in enumerate(num_frames):
+            out = torch.nn.functional.scaled_dot_product_attention(
+                query[i : i + 1, :, :n].contiguous(), key[i : i + 1, :, :n].contiguous(),
+                value[i : i + 1, :, :n].contiguous(), scale=1.0,
+            )
+            context[i, :n] = out[0].transpose(0, 1).reshape(n, heads * head_dim)
+        return context
+
+    return attend
+
+
+def masked_attention(key_mask: torch.Tensor):
+    """Attention of the whole batch at once, `key_mask` float[B, 1, 1, T] (0 for a valid
+    frame, a large negative number for padding) added to the logits."""
+
+    def attend(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+        batch, heads, frames, head_dim = query.shape
+        weights = torch.softmax(torch.matmul(query, key.transpose(2, 3)) + key_mask, dim=-1)
+        return torch.matmul(weights, value).transpose(1, 2).reshape(batch, frames, heads * head_dim)
+
+    return attend
+
+
+def encoder_states(encoder: WhisperEncoder, embedding: torch.Tensor, valid: torch.Tensor, attend) -> torch.Tensor:
+    """Every hidden state from the convolutional embedding float[B, T, D]: float[L + 1, B,
+    T, D], the embedding before the positional table is added, then each layer's output,
+    the last after the final layer norm (transformers' order), zero where `valid` bool[B,
+    T] is false."""
+    states = [embedding]  # without the positional table (see the module docstring)
+    hidden = embedding + encoder.embed_positions.weight[: embedding.shape[1]]
+    for layer in encoder.layers:
+        hidden = encoder_layer(layer, hidden, attend)
+        states.append(hidden)
+    states[-1] = encoder.layer_norm(hidden)
+    return torch.stack(states) * valid[None, :, :, None].to(hidden.dtype)
 
 
 def encode_whisper(
@@ -114,10 +161,8 @@ def encode_whisper(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Every hidden state of `encoder` for a batch of 16 kHz clips of any lengths <= 30 s.
 
-    Returns `hidden_states: float[L + 1, B, T, D]` (the convolutional input embedding
-    before the positional table is added, then the output of each layer, the last one
-    after the final layer norm, as transformers orders them; frames past a clip's end are
-    zero) and `num_frames: long[B]`.
+    Returns `hidden_states: float[L + 1, B, T, D]` (as `encoder_states` orders them;
+    frames past a clip's end are zero) and `num_frames: long[B]`.
     """
     embeddings = []
     for wave in waves:
@@ -129,20 +174,14 @@ def encode_whisper(
     num_frames = [len(e) for e in embeddings]
     max_positions = encoder.embed_positions.weight.shape[0]
     if max(num_frames) > max_positions:
-        raise ValueError(
+        raise WhisperFileError(
             f"a clip of {max(num_frames) / FRAME_RATE:.1f} s is longer than Whisper's "
             f"{max_positions / FRAME_RATE:.0f} s window; cut it into shorter utterances"
         )
     hidden = torch.nn.utils.rnn.pad_sequence(embeddings, batch_first=True)
-    states = [hidden]  # without the positional table (see the module docstring)
-    hidden = hidden + encoder.embed_positions.weight[: hidden.shape[1]]
-    for layer in encoder.layers:
-        hidden = _encoder_layer(layer, hidden, num_frames)
-        states.append(hidden)
-    states[-1] = encoder.layer_norm(hidden)
     lengths = torch.tensor(num_frames)
     valid = torch.arange(hidden.shape[1], device=hidden.device)[None, :] < lengths.to(hidden.device)[:, None]
-    return torch.stack(states) * valid[None, :, :, None].to(hidden.dtype), lengths
+    return encoder_states(encoder, hidden, valid, clipwise_attention(num_frames)), lengths
 
 
 # ----------------------------------------------------------------------------------
@@ -161,7 +200,7 @@ class _Reader:
         try:
             values = struct.unpack_from("<" + fmt, self.data, self.offset)
         except struct.error as error:
-            raise ValueError(f"{self.source}: truncated CTranslate2 model file ({error})") from error
+            raise WhisperFileError(f"{self.source}: truncated CTranslate2 model file ({error})") from error
         self.offset += struct.calcsize("<" + fmt)
         return values[0]
 
@@ -187,7 +226,7 @@ def read_ctranslate2_model(parts: Sequence[Path], prefix: str = "") -> tuple[str
     reader = _Reader(memoryview(blob), source)
     version = reader.take("I")
     if version < 4:
-        raise ValueError(f"{source}: CTranslate2 binary version {version} is too old (need >= 4)")
+        raise WhisperFileError(f"{source}: CTranslate2 binary version {version} is too old (need >= 4)")
     spec = reader.string()
     reader.take("I")  # spec revision
     variables: dict[str, np.ndarray] = {}
@@ -198,11 +237,11 @@ def read_ctranslate2_model(parts: Sequence[Path], prefix: str = "") -> tuple[str
         start = reader.offset
         reader.offset += num_bytes
         if reader.offset > len(blob):
-            raise ValueError(f"{source}: truncated CTranslate2 model file (variable {name})")
+            raise WhisperFileError(f"{source}: truncated CTranslate2 model file (variable {name})")
         if not name.startswith(prefix):
             continue
         if type_id >= len(_CT2_DTYPES):
-            raise ValueError(f"{source}: variable {name} has unknown CTranslate2 type id {type_id}")
+            raise WhisperFileError(f"{source}: variable {name} has unknown CTranslate2 type id {type_id}")
         raw = blob[start : start + num_bytes]
         if _CT2_DTYPES[type_id] is None:
             bits = np.frombuffer(raw, dtype=np.uint16).astype(np.uint32) << 16
@@ -220,7 +259,7 @@ def read_ctranslate2_model(parts: Sequence[Path], prefix: str = "") -> tuple[str
 def _ct2_to_transformers(variables: dict[str, np.ndarray], source: str) -> tuple[WhisperConfig, dict]:
     """Map CTranslate2 Whisper encoder variables onto transformers' WhisperEncoder names."""
     if any(name.endswith("weight_scale") for name in variables):
-        raise ValueError(
+        raise WhisperFileError(
             f"{source}: this CTranslate2 model is int8-quantised; convert it again with "
             "`--quantization float16` or `float32` to use it as a frozen backbone"
         )
@@ -229,7 +268,7 @@ def _ct2_to_transformers(variables: dict[str, np.ndarray], source: str) -> tuple
         try:
             return torch.from_numpy(variables[f"encoder/{name}"].astype(np.float32))
         except KeyError:
-            raise ValueError(f"{source}: not a Whisper encoder (no variable encoder/{name})") from None
+            raise WhisperFileError(f"{source}: not a Whisper encoder (no variable encoder/{name})") from None
 
     width, n_mels, _ = variables["encoder/conv1/weight"].shape
     n_layers = len({k.split("/")[1] for k in variables if re.match(r"encoder/layer_\d+/", k)})
@@ -254,7 +293,7 @@ def _ct2_to_transformers(variables: dict[str, np.ndarray], source: str) -> tuple
         # Whisper's key projection has no bias; CTranslate2 fuses Q, K, V and stores zeros
         # there. A non-zero key bias would mean a different architecture.
         if float(k_b.abs().max()) > 0:
-            raise ValueError(f"{source}: layer {i} has a key bias, which Whisper does not")
+            raise WhisperFileError(f"{source}: layer {i} has a key bias, which Whisper does not")
         state.update({
             ours + "self_attn.q_proj.weight": q_w, ours + "self_attn.q_proj.bias": q_b,
             ours + "self_attn.k_proj.weight": k_w,
@@ -295,7 +334,7 @@ def convert_ctranslate2_whisper(parts: Sequence[Path], out_dir: Path, *, digest:
     source = " + ".join(str(p) for p in parts)
     spec, variables = read_ctranslate2_model(parts, prefix="encoder/")
     if spec != "WhisperSpec":
-        raise ValueError(f"{source}: a CTranslate2 {spec}, not a Whisper model")
+        raise WhisperFileError(f"{source}: a CTranslate2 {spec}, not a Whisper model")
     config, state = _ct2_to_transformers(variables, source)
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)

@@ -62,14 +62,16 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 import soundfile as sf
-from subspaces.progress import progress_bar
 
-from subspaces.atomic import write_text_atomic
-from subspaces.audio import normalize_loudness, resample, trim_silence
-from subspaces.channel import apply_channel, parse_channel
-from subspaces.manifest import write_manifest
-from subspaces.synth import SynthError, Voice, espeak_variants, flite_voices, load_voices, save_voices, synthesize
-from subspaces.texts import Text, text_id
+from ..atomic import write_text_atomic
+from ..audio import normalize_loudness, resample, trim_silence
+from ..errors import SubspacesError
+from ..manifest import write_manifest
+from ..progress import progress_bar
+from .bank import load_voices, save_voices
+from .base import ENGINES, SynthError, Voice, synthesize
+from .channel import apply_channel, parse_channel
+from .texts import Text, text_id
 
 __all__ = ["GridError", "HOLD_OUT", "SAMPLE_RATE", "SPLITS", "plan_grid", "synthesize_grid"]
 
@@ -82,7 +84,7 @@ FAILURES_NAME = "failures.csv"
 _PARTIAL_SUFFIX = ".partial"
 
 
-class GridError(ValueError):
+class GridError(SubspacesError, ValueError):
     """Grid settings that cannot be met, or a folder that holds a different grid."""
 
 
@@ -209,7 +211,7 @@ def plan_grid(
     are counts (int), fractions (float) or lists of ids; voices are held out as whole
     base voices unless `hold_out="voice"`; see the module's split and hold-out rules.
     `plan.attrs["held_out"]` lists the held-out `voices`, their `bases` and the `texts`.
-    `channels` are channel specs (`subspaces.channel`); the default is `["clean"]`.
+    `channels` are channel specs (`subspaces.synth.channel`); the default is `["clean"]`.
 
     >>> from subspaces.synth import Voice
     >>> voices = [Voice("flite", {"voice": v}) for v in ("kal", "slt", "awb", "rms")]
@@ -397,11 +399,10 @@ def synthesize_grid(
     held_out = plan.attrs.pop("held_out")  # not copied into every per-clip group below
     voices = list(voices)
     # Fail at once, with the install command, when an engine is missing.
-    engines = {v.engine for v in voices}
-    if "espeak-ng" in engines:
-        espeak_variants()
-    if "flite" in engines:
-        flite_voices()
+    used = {v.engine for v in voices}
+    for name, engine in ENGINES.items():
+        if name in used:
+            engine.check_installed()
     out_dir.mkdir(parents=True, exist_ok=True)
     _check_same_voices(out_dir, voices)
     save_voices(voices, out_dir / "voices.json")

@@ -29,6 +29,8 @@ from typing import Sequence
 
 import numpy as np
 
+from ..errors import SubspacesError
+
 __all__ = [
     "sample_texts",
     "DEFAULT_TEXT_SET",
@@ -61,7 +63,7 @@ FORBIDDEN_WORDS = frozenset(_DIGIT_WORDS + _NUMBER_WORDS + _HOMOPHONES)
 _MAX_ID_CHARS = 40
 
 
-class TextError(ValueError):
+class TextError(SubspacesError, ValueError):
     """A text set or file that cannot be used; the message names it and the problem."""
 
 

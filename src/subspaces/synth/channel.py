@@ -29,7 +29,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from subspaces.audio import resample
+from ..audio import resample
+from ..errors import SubspacesError
 
 __all__ = [
     "CHANNEL_KINDS",
@@ -53,7 +54,7 @@ _DEFAULT_VALUE = {"mulaw": 8.0}
 _SPEC = re.compile(r"^(clean|telephone|mulaw|noise|reverb)(-?[0-9]+(?:\.[0-9]+)?)?$")
 
 
-class ChannelError(ValueError):
+class ChannelError(SubspacesError, ValueError):
     """A channel spec that cannot be parsed, or a value outside its valid range."""
 
 
