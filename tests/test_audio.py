@@ -1,5 +1,7 @@
 """Audio input: formats, mono mixing, resampling, trimming, loudness, and every error case."""
 
+import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +47,65 @@ def test_unreadable_file_is_named(tmp_path):
         load_audio(path)
 
 
+def test_a_folder_a_symlink_loop_and_a_broken_link_are_told_apart(tmp_path):
+    (tmp_path / "clips.wav").mkdir()
+    with pytest.raises(AudioError, match=r"clips\.wav: is a directory, not an audio file"):
+        load_audio(tmp_path / "clips.wav")
+    os.symlink(tmp_path / "b.wav", tmp_path / "a.wav")
+    os.symlink(tmp_path / "a.wav", tmp_path / "b.wav")
+    with pytest.raises(AudioError, match=r"a\.wav: a symlink loop"):
+        load_audio(tmp_path / "a.wav")
+    os.symlink(tmp_path / "gone.wav", tmp_path / "link.wav")
+    with pytest.raises(AudioError, match=r"link\.wav: a broken symbolic link \(to .*gone\.wav"):
+        load_audio(tmp_path / "link.wav")
+
+
+def truncated_wav(path: Path) -> Path:
+    """A 16-bit WAV of 0.3 s whose header still promises the 0.9 s it held before a cut."""
+    sf.write(path, tone(0.9, 16000), 16000, subtype="PCM_16")
+    os.truncate(path, path.stat().st_size - 2 * 9600)
+    return path
+
+
+def test_truncated_wav_is_refused_by_default_or_warned_on_request(tmp_path):
+    path = truncated_wav(tmp_path / "cut.wav")
+    assert sf.info(str(path)).frames == 4800  # what libsndfile would silently decode
+    with pytest.raises(AudioError, match=r"cut\.wav: truncated: the WAV header promises 14400 samples \(0\.90 s\) "
+                                         r"but the file holds 4800 \(0\.30 s\)"):
+        load_audio(path)
+    with pytest.warns(UserWarning, match=r"cut\.wav: truncated"):
+        assert len(load_audio(path, truncated="warn")) == 4800
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert len(load_audio(path, truncated="ignore")) == 4800
+
+
+def test_complete_wavs_with_extra_chunks_are_not_taken_for_truncated(tmp_path):
+    path = tmp_path / "tagged.wav"
+    with sf.SoundFile(path, "w", 16000, 1, subtype="PCM_24") as handle:
+        handle.artist = "someone"  # a LIST chunk, before or after the data
+        handle.write(tone(0.5, 16000))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert len(load_audio(path)) == 8000
+
+
+def test_digital_silence_is_warned_by_default_or_refused_on_request(tmp_path):
+    path = tmp_path / "silence.wav"
+    sf.write(path, np.zeros(8000, dtype=np.float32), 16000, subtype="PCM_16")
+    with pytest.warns(UserWarning, match=r"silence\.wav: digital silence \(every sample is 0\)"):
+        assert len(load_audio(path)) == 8000
+    with pytest.raises(AudioError, match=r"silence\.wav: digital silence"):
+        load_audio(path, silent="error")
+    quiet = tmp_path / "quiet.wav"
+    sf.write(quiet, tone(0.5, 16000) * 1e-3, 16000, subtype="FLOAT")  # quiet, but not silence
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_audio(quiet)
+    with pytest.raises(AudioError, match="silent must be one of error, warn, ignore, got 'skip'"):
+        load_audio(quiet, silent="skip")
+
+
 def test_empty_file(tmp_path):
     path = tmp_path / "empty.wav"
     sf.write(path, np.zeros(0, dtype=np.float32), 16000)
@@ -74,7 +135,7 @@ def test_too_long_is_refused_from_the_header(tmp_path):
     sf.write(path, np.zeros(16000 * 5, dtype=np.float32), 16000)
     with pytest.raises(AudioError, match=r"long\.wav: 5\.0 s is longer than the limit of 2 s"):
         load_audio(path, max_duration_s=2)
-    assert len(load_audio(path, max_duration_s=None)) == 16000 * 5
+    assert len(load_audio(path, max_duration_s=None, silent="ignore")) == 16000 * 5
 
 
 def test_trim_keeps_speech_and_drops_silence():

@@ -44,3 +44,18 @@ def test_voices_writes_a_bank_with_kokoro_styles_and_synth_uses_it(tmp_path, cap
     assert "8 clips from 4 voices x 2 texts" in capsys.readouterr().out
     assert main(["voices", str(tmp_path / "empty.json")]) == 1
     assert "no voices asked for" in capsys.readouterr().err
+
+
+def test_embed_and_encode_refuse_an_out_file_they_would_not_write_as_named(tmp_path, capsys):
+    clip = str(FSDD / "1_nicolas_3.wav")
+    assert main(["embed", str(tmp_path / "model"), clip, "--out", str(tmp_path / "vectors")]) == 1
+    assert f"error: --out {tmp_path / 'vectors'}: give a file name ending in .npz, .parquet or .ark" in capsys.readouterr().err
+    assert main(["encode", clip, "--out", str(tmp_path / "vectors.csv")]) == 1
+    assert "error: --out" in capsys.readouterr().err and not list(tmp_path.iterdir())
+
+
+def test_embed_of_an_empty_folder_names_it_before_loading_the_model(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert main(["embed", str(tmp_path / "no-model"), str(tmp_path / "empty"), "--out", str(tmp_path / "x.npz")]) == 1
+    assert capsys.readouterr().err == f"error: {tmp_path / 'empty'}: no audio files (.wav, .flac, .ogg, .mp3, .aiff, " \
+                                      ".aif, .opus) in this folder\n"

@@ -24,7 +24,7 @@ from subspaces.corpora import (
     relative_paths,
     write_silence_clips,
 )
-from subspaces.manifest import COLUMNS, read_manifest, write_manifest
+from subspaces.manifest import COLUMNS, ManifestError, read_manifest, write_manifest
 
 
 def tone(path: Path, seconds: float = 0.1, sample_rate: int = 8000, seed: int = 0) -> Path:
@@ -374,6 +374,19 @@ def test_load_corpus_specs(tmp_path):
         load_corpus(f"voxceleb1:{missing}")
     with pytest.raises(CorpusError, match="no such CSV file"):
         load_corpus(f"csv:{missing}.csv")
+    (tmp_path / "list.csv").mkdir()
+    with pytest.raises(CorpusError, match=r"list\.csv: is a directory, not a CSV file"):
+        load_corpus(f"csv:{tmp_path / 'list.csv'}")
+
+
+def test_manifest_that_is_a_folder_or_has_numbers_for_paths(tmp_path):
+    (tmp_path / "manifest.csv").mkdir()
+    with pytest.raises(ManifestError, match=r"manifest\.csv: is a directory, not a manifest file"):
+        read_manifest(tmp_path / "manifest.csv")
+    table = load_corpus("fsdd", limit_per_speaker_digit=1).head(3).assign(path=[0, 1, 2])
+    table.to_parquet(tmp_path / "numbers.parquet", index=False)
+    with pytest.raises(ManifestError, match=r"numbers\.parquet: the path column must be text .*, got int64"):
+        read_manifest(tmp_path / "numbers.parquet")
 
 
 def test_relative_paths_round_trip_next_to_the_data(tmp_path):

@@ -16,12 +16,13 @@ from subspaces.errors import SubspacesError
 
 
 def _package_exceptions() -> dict[str, type]:
-    """Every exception class defined in a subspaces module, by qualified name."""
+    """Every public exception class (not a warning) defined in a subspaces module, by name."""
     found = {}
     for info in pkgutil.walk_packages(subspaces.__path__, "subspaces."):
         module = importlib.import_module(info.name)
         for value in vars(module).values():
-            if isinstance(value, type) and issubclass(value, BaseException) and value.__module__ == info.name:
+            if (isinstance(value, type) and issubclass(value, Exception) and not issubclass(value, Warning)
+                    and value.__module__ == info.name and not value.__name__.startswith("_")):
                 found[f"{info.name}.{value.__name__}"] = value
     return found
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -58,3 +60,20 @@ def test_head_only_onnx_matches_pytorch(encoder, tmp_path):
     outputs = session.run(["content", "speaker"], {"features": features.numpy()})
     np.testing.assert_allclose(outputs[0], expected["content"], atol=1e-5, rtol=0)
     np.testing.assert_allclose(outputs[1], expected["speaker"], atol=1e-5, rtol=0)
+
+
+def test_the_export_records_what_it_expects_and_its_thresholds(encoder, tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    from subspaces.inference import calibrate_threshold
+
+    scores = np.r_[np.full(50, 0.9), np.full(500, 0.1)]
+    calibrate_threshold(encoder.folder, scores, np.r_[np.ones(50), np.zeros(500)].astype(int))
+    path = export_onnx(encoder, tmp_path / "head.onnx", head_only=True)
+    props = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).get_modelmeta().custom_metadata_map
+    assert props["speech_subspaces.input"] == "features"
+    assert props["speech_subspaces.sample_rate"] == "16000"
+    assert json.loads(props["speech_subspaces.subspaces"]) == encoder.subspaces
+    assert props["speech_subspaces.pooling"] == "mean+std"
+    assert props["speech_subspaces.backbone_revision"] == encoder.model.metadata["backbone_revision"]
+    threshold = json.loads(props["speech_subspaces.thresholds"])["speaker"]
+    assert 0.1 < threshold <= 0.9

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -241,3 +242,53 @@ def test_process_killed_mid_write_resumes_cleanly(tmp_path, tiny_whisper, monkey
     assert sorted(got) == sorted(expected)
     for name in got:
         assert got[name][2] == expected[name][2], name
+
+
+def test_a_manifest_whose_audio_is_all_missing_writes_nothing(tmp_path, tiny_whisper):
+    table = make_manifest(tmp_path, DURATIONS[:4])
+    for path in tmp_path.glob("utt*.wav"):
+        path.unlink()
+    with pytest.raises(FeatureStoreError, match=r"none of its 4 audio files exists \(e\.g\. .*utt1\.wav"):
+        extract(table, tiny_whisper, tmp_path / "features")
+    assert not (tmp_path / "features").exists()
+
+
+def test_a_manifest_whose_clips_all_fail_leaves_no_finished_store(tmp_path, tiny_whisper):
+    table = make_manifest(tmp_path, DURATIONS[:4])
+    for path in tmp_path.glob("utt*.wav"):
+        path.write_text("not audio\n")
+    with pytest.raises(FeatureStoreError, match=r"none of its 4 clips could be read, e\.g\. .*utt\d\.wav: not a read"):
+        extract(table, tiny_whisper, tmp_path / "features")
+    out = tmp_path / "features"
+    assert json.loads((out / "store.json").read_text())["complete"] is False
+    assert not list(out.glob("shard-*"))  # removed, so that a rerun reads every clip again
+    make_manifest(tmp_path, DURATIONS[:4])  # the files repaired
+    assert len(FeatureStore(extract(table, tiny_whisper, out))) == 4
+
+
+@pytest.mark.parametrize("damage", ["truncated shard", "text shard", "truncated index", "missing index"])
+def test_a_damaged_store_is_refused_naming_the_file(tmp_path, tiny_whisper, damage):
+    table = make_manifest(tmp_path, DURATIONS[:4])
+    out = extract(table, tiny_whisper, tmp_path / "features")
+    shard, index = out / "shard-00000.safetensors", out / "index.parquet"
+    if damage == "truncated shard":
+        os.truncate(shard, shard.stat().st_size // 2)
+    elif damage == "text shard":
+        shard.write_text("version https://git-lfs.github.com/spec/v1\n")
+    elif damage == "truncated index":
+        os.truncate(index, index.stat().st_size // 2)
+    else:
+        index.unlink()
+    bad = shard if "shard" in damage else index
+    with pytest.raises(FeatureStoreError, match=rf"{bad.name}: .*the feature store .* is damaged: delete it"):
+        load_features(out, table)
+
+
+def test_a_second_writer_into_the_same_store_is_refused(tmp_path, tiny_whisper):
+    from subspaces.folders import FolderBusy, folder_lock
+
+    table = make_manifest(tmp_path, DURATIONS[:2])
+    with folder_lock(tmp_path / "features", "a feature extraction"):
+        with pytest.raises(FolderBusy, match=rf"features: another process \(pid {os.getpid()}\) is writing"):
+            extract(table, tiny_whisper, tmp_path / "features")
+    assert len(FeatureStore(extract(table, tiny_whisper, tmp_path / "features"))) == 2

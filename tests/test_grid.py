@@ -242,6 +242,101 @@ def test_folder_with_another_voice_under_the_same_id_is_refused(tmp_path):
         synthesize_grid([Voice("flite", {"voice": "awb"}, speaker="anna")], ["yes"], tmp_path)
 
 
+# --- one grid per folder, a full disk, one writer at a time (no engine needed) ------------
+
+def tone_voices(n: int) -> list[Voice]:
+    return [Voice("command", {"command": "unused {text} {out}"}, speaker=f"v{i}") for i in range(n)]
+
+
+@pytest.fixture
+def tone_tts(monkeypatch) -> list[tuple[str, str]]:
+    """The grid's synthesis replaced by a tone per voice and text; returns the calls made."""
+    import subspaces.synth.grid as grid
+
+    calls = []
+
+    def synthesize(voice, text):
+        calls.append((voice.speaker, text))
+        t = np.arange(8000) / 16000
+        freq = 150 + 20 * int(voice.speaker[1:]) + 10 * len(text)
+        return (0.3 * np.sin(2 * np.pi * freq * t)).astype(np.float32), 16000
+
+    monkeypatch.setattr(grid, "synthesize", synthesize)
+    return calls
+
+
+def folder_bytes(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_grid_made_with_other_options_is_refused_unless_restarted(tmp_path, tone_tts):
+    out, texts = tmp_path / "grid", ["yes", "no", "stop"]
+    first = synthesize_grid(tone_voices(3), texts, out, val_voices=1, hold_out="voice")
+    before = folder_bytes(out)
+    with pytest.raises(GridError, match=rf"^{out} already holds a grid made with other options \(seed 0 -> 1; "
+                                        r"channels \[clean\] -> \[clean, telephone\]\).*restart"):
+        synthesize_grid(tone_voices(3), texts, out, val_voices=1, hold_out="voice", seed=1,
+                        channels=["clean", "telephone"])
+    with pytest.raises(GridError, match=r"num voices 3 -> 2; voices left out \[v2\]"):
+        synthesize_grid(tone_voices(2), texts, out, val_voices=1, hold_out="voice")
+    # A run stopped before its manifest still says which grid the folder holds (grid.json).
+    (out / "manifest.csv").unlink()
+    with pytest.raises(GridError, match=r"num texts 3 -> 2; texts left out \[stop\]"):
+        synthesize_grid(tone_voices(3), texts[:2], out, val_voices=1, hold_out="voice")
+    assert folder_bytes(out) == {k: v for k, v in before.items() if k != "manifest.csv"}
+    # The same options resume: nothing is synthesised again and the manifest is the same.
+    made = len(tone_tts)
+    again = synthesize_grid(tone_voices(3), texts, out, val_voices=1, hold_out="voice", workers=1)
+    assert len(tone_tts) == made and folder_bytes(out) == before
+    pd.testing.assert_frame_equal(first, again)
+    # restart=True deletes the old grid and makes the new one.
+    new = synthesize_grid(tone_voices(2), texts[:2], out, seed=1, channels=["clean", "telephone"], restart=True)
+    assert len(new) == 2 * 2 * 2 and set(new.split) == {"train"}
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*.flac")) == sorted(new.path)
+    settings = json.loads((out / "grid.json").read_text())
+    assert settings["seed"] == 1 and settings["text_ids"] == ["yes", "no"] and settings["clips"] == 8
+    assert len(read_manifest(out / "manifest.csv")) == 8 and not (out / "UNFINISHED").exists()
+
+
+def test_a_full_disk_stops_the_grid_and_records_no_failures(tmp_path, tone_tts, monkeypatch):
+    from subspaces.atomic import DiskFull
+
+    out, voices, texts = tmp_path / "grid", tone_voices(4), ["yes", "no", "stop"]
+    write_bytes, written = Path.write_bytes, []
+
+    def full_after_two(self, data):
+        if self.name.endswith(".partial") and len(written) >= 2:
+            with open(self, "wb") as handle:  # half a clip, as a real full disk leaves it
+                handle.write(data[:100])
+            raise OSError(28, "No space left on device")
+        written.append(self)
+        return write_bytes(self, data)
+
+    monkeypatch.setattr(Path, "write_bytes", full_after_two)
+    with pytest.raises(DiskFull, match=rf"^{out}/audio/clean/.*\.flac: no space left on the device"):
+        synthesize_grid(voices, texts, out, workers=1)
+    # The third clip met the full disk; the one worker may have begun a fourth, no more.
+    assert len(tone_tts) in (3, 4), "the queued clips were not cancelled at the first full write"
+    made = len(tone_tts)
+    assert not (out / "failures.csv").exists() and not (out / "manifest.csv").exists()
+    assert not [p for p in out.rglob("*") if p.name.startswith(".")], "temporary files left behind"
+    finished = sorted(out.rglob("*.flac"))
+    assert len(finished) == 2 and all(sf.info(str(p)).frames > 0 for p in finished)
+    # Once there is room again the rerun resumes: only the missing clips are made.
+    monkeypatch.setattr(Path, "write_bytes", write_bytes)
+    table = synthesize_grid(voices, texts, out, workers=1)
+    assert len(table) == 12 and table.attrs["failures"].empty and len(tone_tts) == made + 10
+
+
+def test_a_second_writer_is_refused_with_the_holders_pid(tmp_path, tone_tts):
+    from subspaces.folders import FolderBusy, folder_lock
+
+    with folder_lock(tmp_path / "grid", "a test"):
+        with pytest.raises(FolderBusy, match=rf"{tmp_path / 'grid'}: another process \(pid {os.getpid()}\)"):
+            synthesize_grid(tone_voices(2), ["yes"], tmp_path / "grid")
+    assert not tone_tts and not (tmp_path / "grid" / "voices.json").exists()
+
+
 # --- channels ----------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")

@@ -174,3 +174,45 @@ def test_a_layer_per_subspace_must_name_every_subspace_in_range():
         small(layer={"speaker": 0, "content": 5})
     with pytest.raises(ModelError, match="mapping of subspace name to layer index"):
         small(layer={"speaker": "first", "content": 1})
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda w: w.write_bytes(w.read_bytes()[: w.stat().st_size // 2]), "model.safetensors: not a readable safetensors"),
+    (lambda w: w.write_bytes(b""), "model.safetensors: not a readable safetensors"),
+    (lambda w: w.write_text("<html>404 Not Found</html>\n"), "model.safetensors: not a readable safetensors"),
+])
+def test_unreadable_weights_are_named(tmp_path, damage, message):
+    folder = SubspaceModel(small()).save(tmp_path / "m")
+    damage(folder / "model.safetensors")
+    with pytest.raises(ModelError, match=message):
+        SubspaceModel.load(folder)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda d: d.pop("config"), 'config.json: no "config"'),
+    (lambda d: d["config"].pop("input_dim"), r"config.json: \"config\": SubspaceConfig key\(s\) \['input_dim'\] missing"),
+    (lambda d: d["config"].update(input_dim="wide"), "config.json: \"config\": input_dim must be a positive integer, got 'wide'"),
+    (lambda d: d["config"].update(hidden=[10, "10"]), "hidden must be a list of integer layer sizes"),
+    (lambda d: d["config"].update(subspaces={"speaker": 2}), "subspaces must be \\(name, size\\) pairs"),
+    (lambda d: d["config"].update(layer=True), "layer must be an integer index"),
+    (lambda d: d["config"].update(dropout="none"), "dropout must be a number"),
+    (lambda d: d.update(config=[1, 2]), "a SubspaceConfig is an object of its fields, got an array"),
+    (lambda d: d.update(metadata="x"), '"metadata" must be an object, got a string'),
+])
+def test_config_json_of_the_wrong_shape_is_named(tmp_path, edit, message):
+    folder = SubspaceModel(small()).save(tmp_path / "m")
+    description = json.loads((folder / "config.json").read_text())
+    edit(description)
+    (folder / "config.json").write_text(json.dumps(description))
+    with pytest.raises(ModelError, match=message):
+        SubspaceModel.load(folder)
+
+
+def test_config_json_that_is_not_an_object_is_named(tmp_path):
+    folder = SubspaceModel(small()).save(tmp_path / "m")
+    (folder / "config.json").write_text("[1, 2, 3]\n")
+    with pytest.raises(ModelError, match="config.json: expected a JSON object .* got an array"):
+        SubspaceModel.load(folder)
+    (folder / "config.json").write_bytes(b"\xff\xfe\x00")
+    with pytest.raises(ModelError, match="config.json: not valid JSON"):
+        SubspaceModel.load(folder)

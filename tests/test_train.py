@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import errno
+import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -15,6 +18,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import subspaces.training
+from subspaces.atomic import DiskFull
+from subspaces.folders import LOCK_FILE, mark_unfinished, unfinished
 from subspaces.model import SubspaceModel
 from subspaces.training import TrainConfig, TrainError, load_recipe, train, write_recipe
 
@@ -107,6 +113,34 @@ def test_recipe_round_trip_and_errors(tmp_path):
     bad.write_text("steps = [")
     with pytest.raises(TrainError, match="not valid TOML"):
         load_recipe(bad)
+    with pytest.raises(TrainError, match="is a folder"):
+        load_recipe(tmp_path)
+
+
+@pytest.mark.parametrize("values, problem", [
+    ({"weight_decay": math.nan}, "weight_decay must be a finite number, got nan"),
+    ({"max_lr": math.inf}, "max_lr must be a finite number, got inf"),
+    ({"margin": -math.inf}, "margin must be a finite number, got -inf"),
+    ({"dropout": 1.0}, r"dropout must be in \[0, 1\), got 1.0"),
+    ({"hidden": [64, 0]}, r"hidden sizes must be integers >= 1, got \[64, 0\]"),
+    ({"device": "cuda:x"}, "device must be \"cpu\", \"cuda\" or \"cuda:N\""),
+    ({"lda_init": {"speaker": math.nan}, "hidden": [], "layer": 0}, "shrinkages must be in"),
+])
+def test_recipe_numbers_must_be_finite_and_in_range(values, problem):
+    with pytest.raises(TrainError, match=f"^my.toml: .*{problem}"):
+        TrainConfig.from_dict(values, source="my.toml")
+
+
+def test_errors_known_only_once_the_features_are_seen_name_the_recipe(tmp_path):
+    features, table = planted_grid(speakers=4, texts=4, dim=8, layers=2)
+    config = TrainConfig.from_dict(SMALL | {"block": {"speaker": 2, "content": 2}, "steps": 2, "layer": 2},
+                                   source="my.toml")
+    with pytest.raises(TrainError, match=r"^my.toml: layer 2 is out of range for features with 2 layer\(s\)"):
+        train(features, table, config, tmp_path / "run")
+    if not torch.cuda.is_available():
+        cuda = TrainConfig.from_dict(SMALL | {"block": {"speaker": 2, "content": 2}, "device": "cuda"}, source="my.toml")
+        with pytest.raises(TrainError, match="^my.toml: device = 'cuda', but torch finds no usable CUDA GPU"):
+            train(features, table, cuda, tmp_path / "run")
 
 
 def test_input_errors_name_the_problem(tmp_path):
@@ -130,11 +164,36 @@ def test_early_stopping_and_finished_run_and_recipe_change(tmp_path):
     assert len(pd.read_csv(folder / "train_log.csv")) == 15
     assert [p.name for p in (folder / "checkpoints").iterdir()] == ["step-000015"]
     assert SubspaceModel.load(folder).metadata["training"]["step"] == 5  # the best one
+    assert unfinished(folder) is None and not (folder / LOCK_FILE).exists()
     before = (folder / "train_log.csv").read_text()
+    mark_unfinished(folder, "training, step 15 of 100")  # as if killed between the last checkpoint and the mark
     train(features, table, config, folder)  # finished: returns without training more
     assert (folder / "train_log.csv").read_text() == before
+    assert unfinished(folder) is None
     with pytest.raises(TrainError, match="different recipe or different data"):
         train(features, table, TrainConfig(**SMALL | {"block": {"speaker": 2, "content": 4}}, steps=100), folder)
+
+
+def test_a_checkpoint_that_meets_a_full_disk_leaves_no_half_checkpoint(tmp_path, monkeypatch):
+    features, table = planted_grid(speakers=4, texts=4, dim=8)
+    config = TrainConfig(**SMALL | {"block": {"speaker": 2, "content": 2}}, steps=4, val_every=0, checkpoint_every=2)
+    save = torch.save
+
+    def save_until_step_4(obj, path, *args, **kwargs):
+        if obj["progress"]["step"] == 4:
+            Path(path).write_bytes(b"half")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return save(obj, path, *args, **kwargs)
+
+    monkeypatch.setattr(subspaces.training.torch, "save", save_until_step_4)
+    folder = tmp_path / "run"
+    with pytest.raises(DiskFull, match=r"checkpoints/step-000004: no space left on the device"):
+        train(features, table, config, folder)
+    assert [p.name for p in (folder / "checkpoints").iterdir()] == ["step-000002"]  # the earlier one, intact
+    assert unfinished(folder) == "training, step 2 of 4" and not (folder / LOCK_FILE).exists()
+    monkeypatch.setattr(subspaces.training.torch, "save", save)
+    train(features, table, config, folder)  # a rerun with room resumes from step 2 and finishes
+    assert [p.name for p in (folder / "checkpoints").iterdir()] == ["step-000004"] and unfinished(folder) is None
 
 
 def test_checkpoints_are_chosen_by_validation_loss_where_eer_is_flat_at_0(tmp_path):
@@ -277,7 +336,11 @@ def test_resume_after_kill_9_ends_at_the_same_weights(tmp_path):
     assert reference.wait() == 0, reference.stderr.read().decode()
     checkpoints = [p.name for p in (killed / "checkpoints").iterdir() if p.name.startswith("step-")]
     assert checkpoints and checkpoints[0] < "step-000060"  # killed in the middle of training
+    # the model folder it left says it is unfinished (the step of a checkpoint: 0, 10, ... 50)
+    assert re.fullmatch(r"training, step [0-5]0 of 60", unfinished(killed) or "")
+    assert unfinished(uninterrupted) is None
     assert run_training(script, killed, "fast").wait() == 0
+    assert unfinished(killed) is None and not (killed / LOCK_FILE).exists()
     for relative in ("model.safetensors", "checkpoints/step-000060/model.safetensors"):
         expected, got = load_file(uninterrupted / relative), load_file(killed / relative)
         assert expected.keys() == got.keys()

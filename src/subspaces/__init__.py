@@ -45,6 +45,8 @@ _PUBLIC = {
     "run_demo": "pipeline",
     "SubspaceEncoder": "inference",
     "load_model": "inference",
+    "SpeakerDatabase": "speakers",
+    "read_trial_list": "scoring",
     "export_onnx": "export",
 }
 

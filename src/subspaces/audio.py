@@ -11,7 +11,12 @@ Every later stage (synthesis, feature extraction, embedding) reads audio through
 
 from __future__ import annotations
 
+import errno
 import math
+import os
+import stat
+import struct
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +28,7 @@ from .errors import SubspacesError
 __all__ = [
     "AudioError",
     "DEFAULT_MAX_DURATION_S",
+    "SILENT_PEAK",
     "load_audio",
     "normalize_loudness",
     "resample",
@@ -32,6 +38,13 @@ __all__ = [
 # An utterance-level speech tool has no use for an hour-long file; one that long is
 # almost always a mistake (a whole recording session, a wrong path). Callers can raise it.
 DEFAULT_MAX_DURATION_S = 60.0
+
+# A clip whose loudest sample is below this (-120 dBFS) is digital silence: 16-bit PCM's
+# smallest step is 2**-15 (about 3e-5), so such a 16-bit file is all zeros, and a
+# backbone's features of it say nothing about a speaker or a word.
+SILENT_PEAK = 1e-6
+# What `load_audio` may do with a damaged (truncated) or silent clip.
+_ACTIONS = ("error", "warn", "ignore")
 
 
 class AudioError(SubspacesError, ValueError):
@@ -98,6 +111,74 @@ def normalize_loudness(wave: np.ndarray, target_dbfs: float = -23.0, peak: float
     return (wave * gain).astype(np.float32)
 
 
+def _check_file(path: Path) -> None:
+    """Raise `AudioError` saying why `path` is not a regular file one can read."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        if path.is_symlink():
+            raise AudioError(f"{path}: a broken symbolic link (to {os.readlink(path)}, which does not exist)") from None
+        raise AudioError(f"{path}: no such file") from None
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            raise AudioError(f"{path}: a symlink loop (symbolic links that point at each other); "
+                             "fix or remove the link") from None
+        raise AudioError(f"{path}: cannot be read ({error.strerror or error})") from None
+    if stat.S_ISDIR(mode):
+        raise AudioError(f"{path}: is a directory, not an audio file")
+    if not stat.S_ISREG(mode):
+        raise AudioError(f"{path}: not a regular file (a device, socket or pipe), not an audio file")
+    if not os.access(path, os.R_OK):
+        raise AudioError(f"{path}: permission denied; make the file readable")
+
+
+def _wav_shortfall(path: str | Path) -> tuple[int, int, int] | None:
+    """(frames the header promises, frames the file holds, sample rate) of a RIFF/WAVE
+    file whose data chunk is cut short, or None if it is complete or not a WAV file.
+
+    libsndfile decodes a truncated WAV without a word (it returns the frames present), so
+    this reads the chunk headers itself: a few small reads, whatever the file's size.
+
+    >>> import tempfile, soundfile
+    >>> p = Path(tempfile.mkdtemp()) / "a.wav"
+    >>> soundfile.write(p, np.zeros(1600, dtype=np.float32) + 0.1, 16000, subtype="PCM_16")
+    >>> _wav_shortfall(p) is None
+    True
+    >>> os.truncate(p, 44 + 2 * 400)
+    >>> _wav_shortfall(p)
+    (1600, 400, 16000)
+    """
+    path = Path(path)
+    size = path.stat().st_size
+    with open(path, "rb") as handle:
+        head = handle.read(12)
+        if len(head) < 12 or head[8:12] != b"WAVE" or head[:4] not in (b"RIFF", b"RIFX"):
+            return None  # not a plain WAV (RF64, W64 and others are left to libsndfile)
+        order = "<" if head[:4] == b"RIFF" else ">"
+        block_align, rate, offset = 0, 0, 12
+        while offset + 8 <= size:
+            handle.seek(offset)
+            chunk, length = struct.unpack(order + "4sI", handle.read(8))
+            if chunk == b"fmt " and length >= 14:
+                _, _, rate, _, block_align = struct.unpack(order + "HHIIH", handle.read(14))
+            elif chunk == b"data":
+                # 0 and 0xFFFFFFFF are the "length unknown" of streamed WAVs: not a promise.
+                if block_align <= 0 or length in (0, 0xFFFFFFFF):
+                    return None
+                promised, held = length // block_align, (size - offset - 8) // block_align
+                return (promised, held, rate) if held < promised else None
+            offset += 8 + length + (length & 1)  # chunks are padded to an even length
+    return None
+
+
+def _suspect(path: Path, problem: str, action: str) -> None:
+    """Refuse (`AudioError`) or warn (a `UserWarning` starting with the file) about a clip, as `action` says."""
+    if action == "error":
+        raise AudioError(f"{path}: {problem}")
+    if action == "warn":
+        warnings.warn(f"{path}: {problem}; used anyway", stacklevel=3)
+
+
 def load_audio(
     path: str | Path,
     sample_rate: int = 16000,
@@ -106,12 +187,21 @@ def load_audio(
     normalize: bool = False,
     min_samples: int = 1,
     max_duration_s: float | None = DEFAULT_MAX_DURATION_S,
+    truncated: str = "error",
+    silent: str = "warn",
 ) -> np.ndarray:
     """Read any file libsndfile decodes (WAV, FLAC, OGG, ...) as mono float32 at `sample_rate`.
 
-    Raises `AudioError` naming the file when it is missing or unreadable, empty, holds
-    NaN or infinite samples, is shorter than `min_samples` (at the target rate) after
-    trimming, or longer than `max_duration_s` (checked from the header, before decoding).
+    Raises `AudioError` naming the file when it is missing, a folder, a symlink loop or
+    unreadable, empty, holds NaN or infinite samples, is shorter than `min_samples` (at
+    the target rate) after trimming, or longer than `max_duration_s` (checked from the
+    header, before decoding).
+
+    Suspect clips are handled as asked, each by "error" (`AudioError`), "warn" (a
+    `UserWarning` naming the file, then the clip is used) or "ignore":
+    `truncated`: a WAV whose header promises more samples than the file holds (an
+    interrupted copy; libsndfile would silently return the part present), default "error".
+    `silent`: digital silence, every sample below `SILENT_PEAK`, default "warn".
 
     >>> import tempfile, soundfile
     >>> p = Path(tempfile.mkdtemp()) / "a.wav"
@@ -119,9 +209,20 @@ def load_audio(
     >>> load_audio(p, 16000).shape
     (16000,)
     """
+    for option, action in (("truncated", truncated), ("silent", silent)):
+        if action not in _ACTIONS:
+            raise AudioError(f"{option} must be one of {', '.join(_ACTIONS)}, got {action!r}")
     path = Path(path)
-    if not path.is_file():
-        raise AudioError(f"{path}: no such file")
+    _check_file(path)
+    try:
+        shortfall = _wav_shortfall(path)
+    except OSError as error:
+        raise AudioError(f"{path}: cannot be read ({error.strerror or error})") from error
+    if shortfall is not None:
+        promised, held, rate = shortfall
+        _suspect(path, f"truncated: the WAV header promises {promised} samples ({promised / rate:.2f} s) but the "
+                       f"file holds {held} ({held / rate:.2f} s); it was cut short (an interrupted copy?)",
+                 truncated)
     try:
         info = sf.info(str(path))
     except (sf.LibsndfileError, RuntimeError) as error:
@@ -155,4 +256,8 @@ def load_audio(
             f"{sample_rate} Hz is shorter than the minimum of {min_samples} samples "
             f"({math.ceil(min_samples / sample_rate * 1000)} ms) this model needs"
         )
+    peak = float(np.max(np.abs(data)))
+    if peak < SILENT_PEAK:
+        what = "every sample is 0" if peak == 0 else f"the loudest sample is {peak:.1e}"
+        _suspect(path, f"digital silence ({what}); it holds no speech", silent)
     return np.ascontiguousarray(wave, dtype=np.float32)

@@ -176,11 +176,13 @@ class Backbone(torch.nn.Module):
             return DEFAULT_MAX_DURATION_S
         return min(DEFAULT_MAX_DURATION_S, self.max_samples / self.sample_rate)
 
-    def read(self, path: str | Path) -> np.ndarray:
+    def read(self, path: str | Path, max_duration_s: float | None = None) -> np.ndarray:
         """Decode an audio file for this backbone: mono float32 at `sample_rate`, refused
-        (`AudioError` naming the file) if shorter than `min_samples` or longer than it takes."""
-        wave = load_audio(path, self.sample_rate, min_samples=self.min_samples, max_duration_s=self.max_duration_s)
-        if self.max_samples is not None and len(wave) > self.max_samples:
+        (`AudioError` naming the file) if shorter than `min_samples` or longer than it
+        takes in one pass (or than `max_duration_s`, for callers that cut long clips up)."""
+        limit = self.max_duration_s if max_duration_s is None else max_duration_s
+        wave = load_audio(path, self.sample_rate, min_samples=self.min_samples, max_duration_s=limit)
+        if max_duration_s is None and self.max_samples is not None and len(wave) > self.max_samples:
             raise AudioError(f"{path}: longer than the {self.max_duration_s:g} s {self.name} accepts")
         return wave
 
@@ -326,11 +328,28 @@ def _load_ctranslate2(parts: list[Path], name: str) -> WhisperBackbone:
     return WhisperBackbone(load_converted_whisper(folder), name=name, revision=f"sha256:{digest[:16]}")
 
 
-def _weights_digest(folder: Path) -> str:
+def _weights_files(folder: Path) -> list[Path]:
     files = sorted(folder.glob("*.safetensors")) or sorted(folder.glob("*.bin"))
     if not files:
         raise BackboneUnavailable(f"{folder}: no model.safetensors (or .bin) weights in the folder")
-    return f"sha256:{file_digest(files)[:16]}"
+    return files
+
+
+def _from_pretrained(load, folder: Path, files: list[Path], **kwargs):
+    """`load(folder, **kwargs)` (a transformers `from_pretrained`), with weights that
+    cannot be read (cut short, empty, not weights at all) reported as `BackboneUnavailable`
+    naming the file."""
+    from safetensors import SafetensorError
+
+    try:
+        return load(folder, **kwargs)
+    except (SafetensorError, OSError, EOFError, RuntimeError) as error:
+        weights = files[0] if len(files) == 1 else folder
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise BackboneUnavailable(
+            f"{weights}: the backbone's weights cannot be read ({reason}); the file is damaged or incomplete "
+            "(an interrupted download or copy?): download or save the checkpoint again"
+        ) from error
 
 
 def _load_transformers(source: str, name: str, local_only: bool) -> Backbone:
@@ -349,11 +368,12 @@ def _load_transformers(source: str, name: str, local_only: bool) -> Backbone:
 
         folder = Path(snapshot_download(source, local_files_only=local_only,
                                         allow_patterns=["*.json", "*.safetensors", "*.bin"]))
-    revision = _weights_digest(folder)
+    files = _weights_files(folder)
+    revision = f"sha256:{file_digest(files)[:16]}"
     if config.model_type == "whisper":
-        encoder = WhisperModel.from_pretrained(folder, **kwargs).get_encoder()
+        encoder = _from_pretrained(WhisperModel.from_pretrained, folder, files, **kwargs).get_encoder()
         return WhisperBackbone(encoder, name=name, revision=revision)
-    model = AutoModel.from_pretrained(folder, **kwargs)
+    model = _from_pretrained(AutoModel.from_pretrained, folder, files, **kwargs)
     normalize = bool(getattr(config, "feat_extract_norm", "group") == "layer")
     preprocessor = folder / "preprocessor_config.json"
     if preprocessor.is_file():

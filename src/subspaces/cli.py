@@ -11,6 +11,7 @@ import os
 import sys
 import time
 import traceback
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -22,46 +23,59 @@ AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif", ".opus")
 
 
 def _audio_files(items: list[str]) -> list[Path]:
-    """Files as given, and the audio files inside any folder, sorted."""
+    """Files as given, and the audio files inside any folder, sorted; refused, naming the
+    folders, when that leaves nothing to read."""
     files: list[Path] = []
     for item in items:
         path = Path(item)
         if path.is_dir():
-            files.extend(sorted(p for p in path.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES))
+            files.extend(sorted(p for p in path.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and not p.is_dir()))
         else:
             files.append(path)
+    if not files:
+        folders = ", ".join(items[:3]) + (", ..." if len(items) > 3 else "")
+        raise SubspacesError(f"{folders}: no audio files ({', '.join(AUDIO_SUFFIXES)}) in "
+                             f"{'this folder' if len(items) == 1 else 'these folders'}")
     return files
 
 
 def cmd_encode(args: argparse.Namespace) -> int:
     """Run a frozen backbone over audio files; save every layer's mean-pooled vector."""
+    from .atomic import write_atomic
     from .backbones import load_backbone
     from .features import encode_files
 
+    out = Path(args.out) if args.out else None
+    if out is not None and (out.suffix != ".npz" or out.is_dir()):
+        raise SubspacesError(f"--out {out}: give a file name ending in .npz (the vectors are written as one .npz)")
+    files = _audio_files(args.inputs)
     backbone = load_backbone(args.backbone, allow_download=args.allow_download, precision=args.precision)
     info = backbone.describe()
     print(f"{info['name']} ({info['family']}, {info['revision']}): {info['num_layers']} hidden states "
           f"x {info['width']}, {info['frame_rate']:g} frames/s, {info['precision']}")
-    files = _audio_files(args.inputs)
-    if not files:
-        raise SubspacesError(f"no audio files among the inputs ({', '.join(args.inputs)})")
     started = time.perf_counter()
     encoded = encode_files(files, backbone, batch_size=args.batch_size)
     elapsed = time.perf_counter() - started
     for message in encoded.failures:
         print(f"skipped: {message}", file=sys.stderr)
     if not encoded.paths:
-        raise SubspacesError("no file could be read")
+        raise SubspacesError(f"{', '.join(args.inputs[:3])}{', ...' if len(args.inputs) > 3 else ''}: "
+                             f"none of the {len(files)} audio file(s) could be read (each is listed above)")
     pooled = encoded.pooled
     print(f"encoded {len(encoded.paths)} file(s), {encoded.audio_seconds:.1f} s of audio in {elapsed:.1f} s "
           f"({encoded.audio_seconds / elapsed:.0f}x real time); mean-pooled vectors: {pooled.shape} "
           "(files x hidden states x width)")
     norms = np.linalg.norm(pooled, axis=2).mean(axis=0)
     print("mean vector norm per hidden state: " + ", ".join(f"{i}:{n:.1f}" for i, n in enumerate(norms)))
-    if args.out:
-        out = Path(args.out)
+    if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(out, files=np.array([str(p) for p in encoded.paths]), pooled=pooled, layers=np.arange(pooled.shape[1]))
+
+        def write(tmp: str) -> None:
+            with open(tmp, "wb") as handle:  # a file handle: np.savez would append .npz to a name
+                np.savez(handle, files=np.array([str(p) for p in encoded.paths]), pooled=pooled,
+                         layers=np.arange(pooled.shape[1]))
+
+        write_atomic(out, write)
         print(f"wrote {out}")
     return 0 if not encoded.failures else 2
 
@@ -86,7 +100,8 @@ def cmd_synth(args: argparse.Namespace) -> int:
     table = synthesize_grid(
         voices, texts, args.out_dir, dense=not args.sparse, per_voice=args.per_voice,
         min_per_text=args.min_per_text, val_voices=args.val_voices, val_texts=args.val_texts, hold_out=args.hold_out,
-        workers=args.workers, seed=args.seed, channels=_csv_list(args.channels), keep_mixed=not args.no_mixed)
+        workers=args.workers, seed=args.seed, channels=_csv_list(args.channels), keep_mixed=not args.no_mixed,
+        restart=args.restart)
     print(f"{len(table)} clips from {len(voices)} voices x {len(texts)} texts in {args.out_dir}/manifest.csv")
     print(table["split"].value_counts().to_string())
     held = table.attrs.get("held_out", {})
@@ -155,7 +170,12 @@ def cmd_extract(args: argparse.Namespace) -> int:
                            batch_seconds=args.batch_seconds, workers=args.workers, shard=_parse_shard(args.shard))
     store = FeatureStore(out)
     print(f"{out}: {len(store)} utterances, layers {store.layers}, {backbone.describe()['name']}")
-    return 0 if not len(store.failures) else 2
+    failures = store.failures
+    for error in failures["error"].head(10):
+        print(f"skipped: {error}", file=sys.stderr)
+    if len(failures) > 10:
+        print(f"skipped: {len(failures) - 10} more, listed in {Path(out) / 'failures.csv'}", file=sys.stderr)
+    return 0 if not len(failures) else 2
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
@@ -170,11 +190,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     """Train a subspace model on a feature store and its manifest."""
     from .features import FeatureStore, load_features
     from .manifest import read_manifest
-    from .training import TrainConfig, load_recipe, train
+    from .training import TrainConfig, TrainError, load_recipe, train
 
-    config = load_recipe(args.recipe) if args.recipe else TrainConfig()
-    if args.steps:
-        config = TrainConfig.from_dict({**config.to_dict(), "steps": args.steps})
+    if args.steps is not None and args.steps < 1:
+        raise TrainError(f"--steps must be a positive number of training steps, got {args.steps}")
+    config = load_recipe(args.recipe)
+    if args.steps is not None:
+        config = TrainConfig.from_dict({**config.to_dict(), "steps": args.steps}, source=config.source)
     table = read_manifest(args.manifest)
     features = load_features(args.features, table, pooling=config.pooling)
     info = FeatureStore(args.features).info
@@ -206,8 +228,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     args.corpus = args.corpus or "fsdd"
     kind = args.corpus.split(":")[0]
     options = {"limit_per_speaker_digit": args.limit_per_speaker_digit} if kind == "fsdd" and args.limit_per_speaker_digit else {}
-    if args.trials:
-        options["trials"] = args.trials
+    if args.trials and kind == "voxceleb1":
+        options["trials"] = args.trials  # read only the utterances the list names
     table = load_corpus(args.corpus, **options)
     write_manifest(table, out / "manifest.csv")
     table = read_manifest(out / "manifest.csv")
@@ -231,25 +253,35 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
-    """Embed audio files with a trained model: one vector per file and subspace."""
+    """Embed audio files with a trained model (default: the shipped one): one vector per
+    file and subspace, as .npz, .parquet or a Kaldi .ark (+ .scp)."""
+    from .atomic import write_atomic
     from .audio import AudioError
     from .inference import load_model
 
-    encoder = load_model(args.model, allow_download=args.allow_download)
+    args.model, args.inputs = _model_and_inputs(args.inputs, 1)
+    out = Path(args.out)
+    if out.suffix not in (".npz", ".parquet", ".ark") or out.is_dir():
+        raise SubspacesError(f"--out {out}: give a file name ending in .npz, .parquet or .ark (the formats written)")
+    if args.batch_size < 1:
+        raise SubspacesError(f"--batch-size must be a positive integer, got {args.batch_size}")
+    files = _audio_files(args.inputs)
+    encoder = load_model(args.model, allow_download=args.allow_download, allow_unfinished=args.allow_unfinished)
     readable, waves, failed = [], [], []
-    for path in _audio_files(args.inputs):
+    for path in files:
         try:
             waves.append(encoder.read(path))  # decoded once, here; embed takes the arrays
             readable.append(path)
         except AudioError as error:
-            failed.append(str(error))
-    for message in failed:
-        print(f"skipped: {message}", file=sys.stderr)
+            failed.append(error)
+    if not readable and len(failed) == 1:
+        raise failed[0]  # the one file given, and why it cannot be read
+    for error in failed:
+        print(f"skipped: {error}", file=sys.stderr)
     if not readable:
-        print("error: no file could be read", file=sys.stderr)
-        return 1
+        raise SubspacesError(f"{', '.join(args.inputs[:3])}{', ...' if len(args.inputs) > 3 else ''}: "
+                             f"none of the {len(files)} audio files could be read (each is listed above)")
     vectors = encoder.embed(waves, batch_size=args.batch_size)
-    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix == ".parquet":
         import pandas as pd
@@ -257,23 +289,118 @@ def cmd_embed(args: argparse.Namespace) -> int:
         table = pd.DataFrame({"path": [str(p) for p in readable]})
         for name, matrix in vectors.items():
             table[name] = list(matrix)
-        table.to_parquet(out, index=False)
+        write_atomic(out, lambda tmp: table.to_parquet(tmp, index=False))
+    elif out.suffix == ".ark":
+        from .scoring import write_kaldi_vectors
+
+        ids = [path.stem for path in readable]
+        if len(set(ids)) < len(ids):  # Kaldi ids are file stems; fall back to the paths as given
+            ids = [str(path).replace(" ", "_") for path in readable]
+        # one archive per subspace, as Kaldi keeps one vector kind per table: x.speaker.ark + .scp, ...
+        arks = [write_kaldi_vectors(out.with_name(f"{out.stem}.{name}.ark"), ids, matrix)[0]
+                for name, matrix in vectors.items()]
+        out = ", ".join(str(ark) for ark in arks) + " (+ .scp)"
     else:
-        np.savez(out, files=np.array([str(p) for p in readable]), **vectors)
+        def write(tmp: str) -> None:
+            with open(tmp, "wb") as handle:  # a file handle: np.savez would append .npz to a name
+                np.savez(handle, files=np.array([str(p) for p in readable]), **vectors)
+
+        write_atomic(out, write)
     shapes = ", ".join(f"{name} {matrix.shape[1]}" for name, matrix in vectors.items())
     print(f"embedded {len(readable)} file(s) ({shapes}) into {out}")
     return 0 if not failed else 2
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    """Score two recordings in a subspace and decide same / different speaker."""
+    """Score two recordings in a subspace and decide same / different speaker, with a model
+    (default: the shipped one) and the threshold calibrated for it."""
     from .inference import load_model, read_thresholds
 
-    encoder = load_model(args.model, allow_download=args.allow_download)
-    score, same = encoder.verify(args.a, args.b, subspace=args.subspace)
-    record = read_thresholds(args.model)[args.subspace]
+    model, (a, b) = _model_and_inputs(args.inputs, 2, exactly=True)
+    encoder = load_model(model, allow_download=args.allow_download, allow_unfinished=args.allow_unfinished)
+    score, same = encoder.verify(a, b, subspace=args.subspace)
+    record = read_thresholds(model)[args.subspace]
     print(f"score {score:.4f}  threshold {record['threshold']:.4f} ({record['operating_point']} on "
           f"{record['data'] or 'unnamed data'})  -> {'same speaker' if same else 'different speakers'}")
+    return 0
+
+
+def _model_and_inputs(inputs: list[str], least: int, *, exactly: bool = False) -> tuple[str, list[str]]:
+    """(model, the rest): the first of `inputs` is a model when it is a model folder or a
+    shipped model's name, any other path that is neither a folder nor named as audio (so a
+    mistyped model folder is reported as such), or when there is one more input than the
+    verb takes; else the shipped default model is used."""
+    from .inference import DEFAULT_MODEL, pretrained_models
+
+    first = Path(inputs[0]) if inputs else Path()
+    is_model = (str(first) in pretrained_models() or (first / "config.json").is_file()
+                or (not first.is_dir() and first.suffix.lower() not in AUDIO_SUFFIXES))
+    if exactly and len(inputs) == least + 1 or is_model:
+        model, rest = str(first), inputs[1:]
+    else:
+        model, rest = DEFAULT_MODEL, inputs
+    if len(rest) < least or (exactly and len(rest) != least):
+        raise SubspacesError(f"expected {'' if exactly else 'at least '}{least} audio input(s) after the optional "
+                             f"MODEL, got {len(rest)}: {' '.join(inputs)}")
+    return model, rest
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    """Score a trial list (VoxCeleb `1 a b`, Kaldi `a b target`, or unlabelled `a b`) in a
+    subspace; write `enroll test score [target|nontarget]` lines, and the EER when labelled."""
+    from .inference import load_model
+    from .manifest import read_manifest
+    from .metrics import eer
+    from .scoring import read_trial_list, read_wav_scp, resolver, score_trials, write_scores
+
+    trials = read_trial_list(args.trials)
+    manifest = None
+    if args.corpus:
+        from .corpora import load_corpus
+
+        manifest = read_manifest(args.corpus) if Path(args.corpus).suffix in (".csv", ".parquet") else load_corpus(args.corpus)
+    resolve = resolver(root=args.root, wav_scp=read_wav_scp(args.wav_scp) if args.wav_scp else None, manifest=manifest)
+    encoder = load_model(args.model, allow_download=args.allow_download)
+    scored = score_trials(encoder, trials, resolve, subspace=args.subspace, batch_size=args.batch_size)
+    out = write_scores(args.out, scored)
+    labelled = scored[scored["label"] >= 0]
+    line = f"{len(scored)} trials scored in the {args.subspace} subspace into {out}"
+    if len(labelled) and labelled["label"].nunique() == 2:
+        line += f"; EER {100 * eer(labelled['score'], labelled['label']):.2f} %"
+    print(line)
+    return 0
+
+
+def _speaker_database(args: argparse.Namespace, *, create: bool):
+    from .inference import load_model
+    from .speakers import INDEX_FILE, SpeakerDatabase
+
+    encoder = load_model(args.model, allow_download=args.allow_download)
+    if (Path(args.db) / INDEX_FILE).is_file():
+        return SpeakerDatabase.load(args.db, encoder)
+    if not create:
+        raise SubspacesError(f"{args.db}: no speaker database here; make one with `subspaces enroll {args.db} NAME FILES`")
+    return SpeakerDatabase(encoder, subspace=args.subspace)
+
+
+def cmd_enroll(args: argparse.Namespace) -> int:
+    """Enroll a speaker (one or more recordings) into a speaker database folder (made if new)."""
+    database = _speaker_database(args, create=True)
+    files = _audio_files(args.files)
+    replaced = args.name in database
+    database.register(args.name, files)
+    database.save(args.db)
+    print(f"{'re-enrolled' if replaced else 'enrolled'} {args.name} from {len(files)} recording(s); "
+          f"{len(database)} speaker(s) in {args.db}")
+    return 0
+
+
+def cmd_identify(args: argparse.Namespace) -> int:
+    """Rank the enrolled speakers of a database by cosine score for each recording."""
+    database = _speaker_database(args, create=False)
+    for path in _audio_files(args.files):
+        ranked = database.identify(path, top_k=args.top_k)
+        print(f"{path}: " + ", ".join(f"{name} {score:.3f}" for name, score in ranked))
     return 0
 
 
@@ -293,7 +420,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         if table.empty:
             raise SubspacesError(f"{args.corpus}: no rows with split {args.split!r}")
     record = calibrate_model(args.model, table, subspace=args.subspace, operating_point=args.operating_point,
-                             data=f"{args.corpus}" + (f", split {args.split}" if args.split else ""))
+                             data=f"{args.corpus}" + (f", split {args.split}" if args.split else ""),
+                             allow_unfinished=args.allow_unfinished)
     print(f"{args.subspace} threshold {record['threshold']:.4f} at {record['operating_point']} "
           f"(p_miss {record['p_miss']:.3f}, p_fa {record['p_fa']:.3f}) stored in {args.model}")
     return 0
@@ -304,12 +432,13 @@ def cmd_export(args: argparse.Namespace) -> int:
     from .corpora import fsdd_root
     from .export import check_onnx, export_onnx
 
-    out = export_onnx(args.model, args.out, head_only=args.head_only, opset=args.opset)
+    out = export_onnx(args.model, args.out, head_only=args.head_only, opset=args.opset,
+                      allow_unfinished=args.allow_unfinished)
     print(f"wrote {out} ({out.stat().st_size / 2**20:.0f} MiB)")
     if args.no_check:
         return 0
     clips = args.check_clips or sorted((fsdd_root() / "recordings").glob("*.wav"))[::300]
-    differences = check_onnx(args.model, out, clips, head_only=args.head_only)
+    differences = check_onnx(args.model, out, clips, head_only=args.head_only, allow_unfinished=args.allow_unfinished)
     print(f"onnxruntime vs PyTorch on {len(clips)} clips of different lengths in one batch, max abs difference: "
           + ", ".join(f"{name} {value:.2e}" for name, value in differences.items()))
     return 0
@@ -374,6 +503,8 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--no-mixed", action="store_true", help="skip held-out-voice x train-text rows and the reverse")
     synth.add_argument("--workers", type=int, default=2)
     synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--restart", action="store_true",
+                       help="delete the grid OUT_DIR holds (made with other options) and make this one")
     synth.set_defaults(func=cmd_synth)
 
     corpus = verbs.add_parser("corpus", help="make a manifest from a real corpus", description=cmd_corpus.__doc__)
@@ -410,8 +541,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--features", required=True, help="feature store folder")
     train.add_argument("--manifest", required=True, help="the manifest the features were extracted from")
     train.add_argument("--out", required=True, help="model folder (a rerun resumes)")
-    train.add_argument("--recipe", help="TOML recipe (default: the paper's settings)")
-    train.add_argument("--steps", type=int, help="override the recipe's steps")
+    train.add_argument("--recipe", default="demo",
+                       help="a shipped recipe (demo, paper) or a TOML file (default: demo, the demo's training)")
+    train.add_argument("--steps", type=int, help="override the recipe's steps (a positive integer)")
     train.set_defaults(func=cmd_train)
 
     evaluate = verbs.add_parser("evaluate", help="evaluate a model on real speech; write a report",
@@ -430,20 +562,54 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(func=cmd_evaluate)
 
     embed = verbs.add_parser("embed", help="embed audio with a trained model", description=cmd_embed.__doc__)
-    embed.add_argument("model", help="model folder (config.json + model.safetensors)")
-    embed.add_argument("inputs", nargs="+", help="audio files or folders")
-    embed.add_argument("--out", required=True, help="vectors.npz or vectors.parquet")
+    embed.add_argument("inputs", nargs="+", metavar="[MODEL] INPUT",
+                       help="a model folder or shipped name (optional; default: the shipped whisper-base-subspaces), "
+                            "then audio files or folders")
+    embed.add_argument("--out", required=True, help="vectors.npz, vectors.parquet or vectors.ark (Kaldi, + .scp)")
     embed.add_argument("--batch-size", type=int, default=16)
     embed.add_argument("--allow-download", action="store_true")
+    embed.add_argument("--allow-unfinished", action="store_true",
+                       help="use a model whose training did not finish (marked UNFINISHED)")
     embed.set_defaults(func=cmd_embed)
 
     verify = verbs.add_parser("verify", help="same speaker or not, for two recordings", description=cmd_verify.__doc__)
-    verify.add_argument("model")
-    verify.add_argument("a")
-    verify.add_argument("b")
+    verify.add_argument("inputs", nargs="+", metavar="[MODEL] A B",
+                        help="a model folder or shipped name (optional; default: the shipped whisper-base-subspaces), "
+                             "then two recordings")
     verify.add_argument("--subspace", default="speaker")
     verify.add_argument("--allow-download", action="store_true")
+    verify.add_argument("--allow-unfinished", action="store_true",
+                        help="use a model whose training did not finish (marked UNFINISHED)")
     verify.set_defaults(func=cmd_verify)
+
+    score = verbs.add_parser("score", help="score a trial list; write enroll test score [target]",
+                             description=cmd_score.__doc__)
+    score.add_argument("model", nargs="?", default="whisper-base-subspaces",
+                       help="model folder or shipped name (default: whisper-base-subspaces)")
+    score.add_argument("--trials", required=True, help="VoxCeleb (1 a b), Kaldi (a b target) or unlabelled (a b) list")
+    score.add_argument("--out", required=True, help="score file to write")
+    score.add_argument("--root", help="folder the list's paths are relative to (default: as written)")
+    score.add_argument("--wav-scp", help="Kaldi wav.scp mapping the list's utterance ids to files")
+    score.add_argument("--corpus", help="a manifest (.csv/.parquet) or corpus spec whose utt_id/trial_path name the clips")
+    score.add_argument("--subspace", default="speaker")
+    score.add_argument("--batch-size", type=int, default=16)
+    score.add_argument("--allow-download", action="store_true")
+    score.set_defaults(func=cmd_score)
+
+    for verb, func, what in (("enroll", cmd_enroll, "enroll a speaker into a speaker database"),
+                             ("identify", cmd_identify, "rank enrolled speakers for recordings")):
+        parser_ = verbs.add_parser(verb, help=what, description=func.__doc__)
+        parser_.add_argument("db", help="speaker database folder (speakers.safetensors + speakers.json)")
+        if verb == "enroll":
+            parser_.add_argument("name", help="the speaker's name")
+        parser_.add_argument("files", nargs="+", help="audio files or folders")
+        parser_.add_argument("--model", default="whisper-base-subspaces",
+                             help="model folder or shipped name (default: whisper-base-subspaces)")
+        parser_.add_argument("--subspace", default="speaker")
+        if verb == "identify":
+            parser_.add_argument("--top-k", type=int, default=5)
+        parser_.add_argument("--allow-download", action="store_true")
+        parser_.set_defaults(func=func)
 
     calibrate = verbs.add_parser("calibrate", help="store a verification threshold chosen on a labelled corpus",
                                  description=cmd_calibrate.__doc__)
@@ -455,6 +621,8 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate.add_argument("--limit-per-speaker-digit", type=int, default=0)
     calibrate.add_argument("--subspace", default="speaker")
     calibrate.add_argument("--operating-point", default="eer", choices=["eer", "min_dcf"])
+    calibrate.add_argument("--allow-unfinished", action="store_true",
+                           help="use a model whose training did not finish (marked UNFINISHED)")
     calibrate.set_defaults(func=cmd_calibrate)
 
     export = verbs.add_parser("export", help="export to ONNX (checked with onnxruntime when installed)",
@@ -465,6 +633,8 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--opset", type=int, default=17)
     export.add_argument("--check-clips", nargs="+", help="audio files to check the export on (default: 10 FSDD clips)")
     export.add_argument("--no-check", action="store_true", help="skip the onnxruntime comparison")
+    export.add_argument("--allow-unfinished", action="store_true",
+                        help="use a model whose training did not finish (marked UNFINISHED)")
     export.set_defaults(func=cmd_export)
     return parser
 
@@ -481,13 +651,19 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
-        return args.func(args)
+        with warnings.catch_warnings():
+            # A warning is one line, as an error is (e.g. "warning: a.wav: digital silence ...").
+            warnings.showwarning = lambda message, *_, **__: print(f"warning: {message}", file=sys.stderr)
+            return args.func(args)
     except SubspacesError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     except OSError as error:
-        where = f"{error.filename}: " if error.filename else ""
-        print(f"error: {where}{error.strerror or error}", file=sys.stderr)
+        if error.filename and error.strerror:
+            message = f"{error.filename}: {error.strerror}"
+        else:
+            message = f"{error.filename}: {type(error).__name__}: {error}" if error.filename else str(error)
+        print(f"error: {message}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted; finished work is kept, rerun to continue", file=sys.stderr)

@@ -359,10 +359,12 @@ def write_silence_clips(
 
 
 def read_trials(path: str | Path) -> pd.DataFrame:
-    """A verification trial list with lines `label enroll test` (VoxCeleb's veri_test2.txt).
+    """A labelled verification trial list, VoxCeleb's `label enroll test` (veri_test2.txt)
+    or Kaldi's `enroll test target|nontarget` (`scoring.read_trial_list` reads both).
 
     Returns columns `label` (int, 1 = same speaker, 0 = different), `enroll`, `test`
-    (paths as written, relative to the corpus's wav/ folder).
+    (names as written: paths relative to the corpus's wav/ folder for VoxCeleb1, or the
+    manifest's utt_id or path for any other corpus).
 
     >>> import tempfile
     >>> trials = Path(tempfile.mkdtemp()) / "trials.txt"
@@ -370,25 +372,17 @@ def read_trials(path: str | Path) -> pd.DataFrame:
     >>> read_trials(trials)["label"].tolist()
     [1, 0]
     """
-    path = Path(path)
-    if not path.is_file():
-        raise CorpusError(
-            f"{path}: no such trial list; expected lines 'label enroll test', "
-            "e.g. '1 id10270/x6uYqmx31kE/00001.wav id10270/8jEAjG6SegY/00008.wav'"
-        )
-    rows = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-        fields = line.split()
-        if not fields:
-            continue
-        if len(fields) != 3:
-            raise CorpusError(f"{path}:{number}: expected 3 fields 'label enroll test', got {len(fields)}: {line!r}")
-        if fields[0] not in ("0", "1"):
-            raise CorpusError(f"{path}:{number}: label must be 1 (target) or 0 (non-target), got {fields[0]!r}")
-        rows.append((int(fields[0]), fields[1], fields[2]))
-    if not rows:
-        raise CorpusError(f"{path}: the trial list is empty")
-    return pd.DataFrame(rows, columns=["label", "enroll", "test"])
+    from .scoring import ScoringError, read_trial_list
+
+    try:
+        table = read_trial_list(path)
+    except ScoringError as error:
+        raise CorpusError(str(error)) from None
+    if (table["label"] < 0).any():
+        raise CorpusError(f"{path}: an unlabelled trial list (enroll test); evaluation needs labels: "
+                          "'1 enroll test' (VoxCeleb) or 'enroll test target|nontarget' (Kaldi); "
+                          "`subspaces score` scores unlabelled lists")
+    return table[["label", "enroll", "test"]]
 
 
 def read_voxceleb1(root: str | Path, *, trials: str | Path | None = None) -> pd.DataFrame:
@@ -543,6 +537,9 @@ def read_csv_corpus(path: str | Path) -> pd.DataFrame:
     subspaces.corpora.CorpusError: /no/such.csv: no such CSV file; expected columns path, speaker, content ...
     """
     path = Path(path).expanduser()
+    if path.is_dir():
+        raise CorpusError(f"{path}: is a directory, not a CSV file; give the CSV that lists the clips "
+                          "(columns path, speaker, content)")
     if not path.is_file():
         raise CorpusError(
             f"{path}: no such CSV file; expected columns path, speaker, content "

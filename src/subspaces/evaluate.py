@@ -196,11 +196,12 @@ def make_trials(table: pd.DataFrame, max_trials: int | None = None, seed: int = 
     return _trial_frame(table, enroll, test, speakers[enroll] == speakers[test])
 
 
-def trials_from_list(table: pd.DataFrame, trial_list: pd.DataFrame, key: str = "trial_path") -> pd.DataFrame:
+def trials_from_list(table: pd.DataFrame, trial_list: pd.DataFrame, key: str | None = None) -> pd.DataFrame:
     """Trials from a verification list (`label, enroll, test`, as `corpora.read_trials`
-    returns it), matched to manifest rows through the `key` column (VoxCeleb1's
-    `trial_path`). The list's labels are kept as `target`; the other columns are those of
-    `make_trials`.
+    returns it), matched to manifest rows through the `key` column: by default the first
+    of VoxCeleb1's `trial_path`, `utt_id` and `path` that names every clip of the list
+    (so a list of utterance ids or of paths works for any corpus). The list's labels are
+    kept as `target`; the other columns are those of `make_trials`.
 
     >>> table = pd.DataFrame({"trial_path": ["a/1.wav", "a/2.wav", "b/1.wav"], "speaker": list("aab"),
     ...                       "content": ["", "", ""]})
@@ -208,6 +209,10 @@ def trials_from_list(table: pd.DataFrame, trial_list: pd.DataFrame, key: str = "
     ...                                       "test": ["a/2.wav", "b/1.wav"]}))["test"].tolist()
     [1, 2]
     """
+    if key is None:
+        names = set(trial_list["enroll"]) | set(trial_list["test"])
+        columns = [c for c in ("trial_path", "utt_id", "path") if c in table.columns]
+        key = next((c for c in columns if names <= set(table[c].astype(str))), columns[0] if columns else "trial_path")
     if key not in table.columns:
         raise EvaluationError(f"the manifest has no {key!r} column to match the trial list's paths against")
     row = {path: i for i, path in enumerate(table[key].astype(str))}

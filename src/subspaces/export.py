@@ -28,6 +28,7 @@ PosixPath('model.onnx')
 
 from __future__ import annotations
 
+import json
 import math
 import warnings
 from collections.abc import Sequence
@@ -44,7 +45,7 @@ from .inference import SubspaceEncoder, load_model
 from .model import SubspaceModel
 from .whisper import HOP_LENGTH, N_FFT, WhisperLogMel, encoder_states, masked_attention
 
-__all__ = ["BatchedWhisperSubspaces", "ExportError", "SubspaceHead", "check_onnx", "export_onnx", "pad_batch"]
+__all__ = ["BatchedWhisperSubspaces", "ExportError", "SubspaceHead", "check_onnx", "export_onnx", "onnx_metadata", "pad_batch"]
 
 # Added to attention logits of padded keys: exp(-1e9 - max) is exactly 0 in float32,
 # and unlike -inf it cannot make a NaN.
@@ -163,7 +164,7 @@ def pad_batch(waves: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
 
 def export_onnx(
     model_dir_or_encoder: str | Path | SubspaceEncoder, out_path: str | Path, *, head_only: bool = False,
-    opset: int = 17,
+    opset: int = 17, allow_unfinished: bool = False,
 ) -> Path:
     """Write the model as ONNX to `out_path` and return the path.
 
@@ -171,13 +172,14 @@ def export_onnx(
     clips, zero-padded; see `pad_batch`); needs a Whisper backbone. `head_only=True`:
     `features` float[batch, layers, dim] in (pooled as `SubspaceEncoder.pooled_features`).
     Outputs: one float[batch, size] per subspace, named after it. Dynamic batch and length.
+    A model folder whose training did not finish is refused unless `allow_unfinished`.
 
     >>> export_onnx("runs/demo/model", "speaker.onnx", head_only=True)  # doctest: +SKIP
     PosixPath('speaker.onnx')
     """
     encoder = model_dir_or_encoder
     if not isinstance(encoder, SubspaceEncoder):
-        encoder = load_model(encoder)
+        encoder = load_model(encoder, allow_unfinished=allow_unfinished)
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     outputs = list(encoder.subspaces)
@@ -203,16 +205,53 @@ def export_onnx(
         # The tracer warns about SubspaceModel's input-shape check; it only reads the
         # fixed layer and width axes, so baking it in as a constant is right.
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
-        write_atomic(out_path, lambda tmp: torch.onnx.export(
-            module, example, tmp, input_names=inputs, output_names=outputs, dynamic_axes=dynamic,
-            opset_version=opset, dynamo=False, do_constant_folding=True,
-        ))
+        def write(tmp: str) -> None:
+            torch.onnx.export(module, example, tmp, input_names=inputs, output_names=outputs, dynamic_axes=dynamic,
+                              opset_version=opset, dynamo=False, do_constant_folding=True)
+            _add_metadata(tmp, onnx_metadata(encoder, head_only))
+
+        write_atomic(out_path, write)
     return out_path
+
+
+def onnx_metadata(encoder: SubspaceEncoder, head_only: bool) -> dict[str, str]:
+    """What an exported graph records about itself (ONNX `metadata_props`, all strings):
+    the input it expects, its subspaces, the backbone, and the calibrated thresholds."""
+    from .inference import read_thresholds
+
+    model = encoder.model
+    props = {
+        "speech_subspaces.input": "features" if head_only else "waveform",
+        "speech_subspaces.sample_rate": str(encoder.backbone.sample_rate),
+        "speech_subspaces.subspaces": json.dumps(model.config.sizes),
+        "speech_subspaces.pooling": model.config.pooling,
+        "speech_subspaces.layers": json.dumps(encoder.layers),
+        "speech_subspaces.backbone": str(model.metadata.get("backbone")),
+        "speech_subspaces.backbone_revision": str(model.metadata.get("backbone_revision")),
+        "speech_subspaces.scoring": "cosine",
+    }
+    thresholds = read_thresholds(encoder.folder)
+    if thresholds:
+        props["speech_subspaces.thresholds"] = json.dumps({name: record["threshold"] for name, record in thresholds.items()})
+    return props
+
+
+def _add_metadata(path: str, props: dict[str, str]) -> None:
+    try:
+        import onnx
+    except ImportError:  # the graph is complete without them; `pip install onnx` to record them
+        warnings.warn(f"{path}: onnx is not installed, so the export records no metadata (pip install onnx)")
+        return
+    graph = onnx.load(path)
+    for key, value in props.items():
+        entry = graph.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save(graph, path)
 
 
 def check_onnx(
     model_dir_or_encoder: str | Path | SubspaceEncoder, onnx_path: str | Path, clips: Sequence[str | Path | np.ndarray],
-    *, head_only: bool = False,
+    *, head_only: bool = False, allow_unfinished: bool = False,
 ) -> dict[str, float]:
     """Run an exported model with onnxruntime on `clips` (one batch of mixed lengths) and
     return, per subspace, the max abs difference from the PyTorch model's output.
@@ -226,7 +265,7 @@ def check_onnx(
         raise ExportError("checking an export needs onnxruntime: pip install onnxruntime") from error
     encoder = model_dir_or_encoder
     if not isinstance(encoder, SubspaceEncoder):
-        encoder = load_model(encoder)
+        encoder = load_model(encoder, allow_unfinished=allow_unfinished)
     session = onnxruntime.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     expected = encoder.embed(list(clips))
     if head_only:

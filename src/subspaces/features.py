@@ -30,25 +30,28 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import time
 import warnings
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from .atomic import write_atomic, write_text_atomic
 from .audio import AudioError
 from .backbones import Backbone, load_backbone, pool_frames
 from .errors import SubspacesError
+from .folders import folder_lock
 from .manifest import audio_paths, read_manifest, validate_manifest
 from .progress import progress_bar
 
@@ -285,10 +288,14 @@ def encode_files(paths: Sequence[str | Path], backbone: Backbone, *, batch_size:
 
 def _shard_contents(path: Path) -> dict:
     """The utt_ids, manifest positions and failures recorded in a shard file's metadata."""
-    with safe_open(str(path), framework="pt") as handle:
-        # One metadata key: safetensors may write several keys in any order, and shard
-        # files should be byte-identical however they were made.
-        return json.loads((handle.metadata() or {})["contents"])
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            # One metadata key: safetensors may write several keys in any order, and shard
+            # files should be byte-identical however they were made.
+            return json.loads((handle.metadata() or {})["contents"])
+    except (SafetensorError, OSError, KeyError, ValueError) as error:
+        raise FeatureStoreError(f"{path}: not a readable feature shard ({type(error).__name__}: {error}); "
+                                "delete it and run extract again") from error
 
 
 def _shard_is_done(path: Path, shard: Shard, utt_ids: list[str]) -> bool:
@@ -328,6 +335,42 @@ def _finalize(out_dir: Path, config: dict, shard_indices: Sequence[int]) -> dict
     return config
 
 
+def _says_complete(out_dir: Path) -> bool:
+    """Whether `out_dir` holds a store.json that says the store is finished."""
+    try:
+        return bool(json.loads((out_dir / "store.json").read_text()).get("complete"))
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _refuse_if_all_missing(paths: Sequence[Path], manifest_name: str) -> None:
+    """Raise before anything is written when not one of `paths` exists: the manifest's
+    paths are wrong (moved data, the wrong root), and a store of 0 rows helps nobody.
+    Stops at the first file found, so a good manifest costs one `stat`."""
+    if not paths or any(os.path.lexists(p) for p in paths):
+        return
+    examples = ", ".join(map(str, paths[:3]))
+    raise FeatureStoreError(
+        f"{manifest_name}: none of its {len(paths)} audio files exists (e.g. {examples}); nothing was written. "
+        "Fix the paths (relative ones are read from the manifest's folder) and rerun"
+    )
+
+
+def _refuse_if_nothing_stored(out_dir: Path, shards: Sequence[Shard], manifest_name: str) -> None:
+    """Raise, instead of finishing a store of 0 rows, when every clip failed to decode;
+    the shard files (failures only) are removed so that a rerun tries every clip again."""
+    contents = [_shard_contents(out_dir / _shard_name(s.index)) for s in shards]
+    if not shards or any(c["positions"] for c in contents):
+        return
+    failures = [f["error"] for c in contents for f in c["failures"]]
+    for s in shards:
+        (out_dir / _shard_name(s.index)).unlink(missing_ok=True)
+    raise FeatureStoreError(
+        f"{manifest_name}: none of its {len(failures)} clips could be read, e.g. {'; '.join(failures[:2])}; "
+        f"nothing was stored in {out_dir}. Fix the files or the paths and rerun"
+    )
+
+
 def _check_identity(out_dir: Path, found: dict, wanted: dict) -> None:
     if any(found.get(k) != wanted.get(k) for k in _IDENTITY + ("part",)):
         raise FeatureStoreError(
@@ -364,13 +407,17 @@ def extract_features(
 
     Resumable: finished shards are kept and the rest redone; a finished store is left
     untouched. Clips that fail to decode (`AudioError`) are skipped, listed in
-    failures.csv and reported in a warning. Returns `out_dir`.
+    failures.csv and reported in a warning; when not one clip exists, or none decodes,
+    the run is refused (`FeatureStoreError`) instead of finishing an empty store. One
+    writer at a time: another process writing `out_dir` makes this raise `FolderBusy`.
+    Returns `out_dir`.
 
     >>> extract_features("manifest.csv", "whisper-base", "features/")  # doctest: +SKIP
     PosixPath('features')
     """
     out_dir = Path(out_dir)
     table = _as_manifest(manifest)
+    manifest_name = "the manifest DataFrame" if isinstance(manifest, pd.DataFrame) else str(manifest)
     if isinstance(backbone, (str, Path)):
         backbone = load_backbone(backbone, precision=precision or "float32")
     elif precision is not None and precision != backbone.precision:
@@ -414,73 +461,79 @@ def extract_features(
         "complete": False,
     }
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for stale in out_dir.glob(".*.tmp"):  # left by a process killed while writing
-        stale.unlink()
-    store_json = out_dir / "store.json"
-    if store_json.is_file():
-        found = _read_json(store_json)
-        _check_identity(out_dir, found, config)
-    else:
-        found = None
-    todo = [s for s in mine if not _shard_is_done(out_dir / _shard_name(s.index), s, utt_ids)]
-    if not todo and found is not None and found.get("complete") and (out_dir / "index.parquet").is_file():
+    if out_dir.exists() and not out_dir.is_dir():
+        raise FeatureStoreError(f"{out_dir}: is a file, not a feature store folder; give another out_dir")
+    if not _says_complete(out_dir):  # a finished store is kept even when its audio has since gone
+        _refuse_if_all_missing([paths[p] for s in mine for p in s.positions], manifest_name)
+    with folder_lock(out_dir, "a feature extraction"):
+        for stale in out_dir.glob(".*.tmp"):  # left by a process killed while writing
+            stale.unlink()
+        store_json = out_dir / "store.json"
+        if store_json.is_file():
+            found = _read_json(store_json)
+            _check_identity(out_dir, found, config)
+        else:
+            found = None
+        todo = [s for s in mine if not _shard_is_done(out_dir / _shard_name(s.index), s, utt_ids)]
+        if not todo and found is not None and found.get("complete") and (out_dir / "index.parquet").is_file():
+            return out_dir
+        if found is None or found.get("complete"):
+            _write_json(store_json, config)  # marks the store unfinished until every shard is in
+
+        keep_all = layers == list(range(backbone.num_layers))
+        total_utts = sum(len(s.positions) for s in todo)
+        bar = progress_bar(total=total_utts, unit="utt", desc=f"extract {backbone.name}", enabled=progress)
+        audio_seconds, started = 0.0, time.perf_counter()
+        new_failures = 0
+        batches = [b for s in todo for b in s.batches]
+        decoded_batches = _prefetch(batches, lambda b: _decode_batch(b, paths, backbone), workers)
+        try:
+            for current in todo:
+                pooled: dict[str, list[torch.Tensor]] = {name: [] for name in pooling}
+                frames: list[torch.Tensor] = []
+                positions: list[int] = []
+                failures: list[dict] = []
+                for _ in current.batches:
+                    decoded = next(decoded_batches)
+                    for position, error in decoded.failures:
+                        failures.append({"utt_id": utt_ids[position], "position": position,
+                                         "path": str(paths[position]), "error": error})
+                    if decoded.waves:
+                        output = backbone.encode(decoded.waves)
+                        kept = output.hidden_states if keep_all else output.hidden_states[layers]
+                        for name, values in pool_frames(kept, output.num_frames, pooling).items():
+                            pooled[name].append(values.cpu())
+                        if frame_layers:
+                            states = output.hidden_states[frame_layers].cpu()
+                            for b, n in enumerate(output.num_frames.tolist()):
+                                frames.append(states[:, b, :n].transpose(0, 1).contiguous())
+                        positions.extend(decoded.positions)
+                        audio_seconds += sum(len(w) for w in decoded.waves) / backbone.sample_rate
+                    bar.update(len(decoded.positions) + len(decoded.failures))
+                    bar.set_postfix_str(f"{audio_seconds / max(time.perf_counter() - started, 1e-9):.0f}x real time")
+                arrays = {
+                    name: torch.cat(values) if values else torch.zeros(0, len(layers), backbone.width)
+                    for name, values in pooled.items()
+                }
+                if frame_layers:
+                    arrays["frames"] = (torch.cat(frames) if frames else torch.zeros(0, len(frame_layers), backbone.width))
+                    arrays["frame_offsets"] = torch.tensor([0] + [len(f) for f in frames]).cumsum(0)
+                _write_shard(out_dir / _shard_name(current.index), arrays, positions, utt_ids, failures)
+                new_failures += len(failures)
+        finally:
+            decoded_batches.close()
+            bar.close()
+
+        if shard is None:
+            _refuse_if_nothing_stored(out_dir, mine, manifest_name)
+        final = _finalize(out_dir, config, [s.index for s in mine])
+        if final["num_failed"]:
+            warnings.warn(
+                f"{final['num_failed']} of {sum(len(s.positions) for s in mine)} clips could not be decoded and "
+                f"were skipped ({new_failures} in this run); see {out_dir / 'failures.csv'}",
+                stacklevel=2,
+            )
         return out_dir
-    if found is None or found.get("complete"):
-        _write_json(store_json, config)  # marks the store unfinished until every shard is in
-
-    keep_all = layers == list(range(backbone.num_layers))
-    total_utts = sum(len(s.positions) for s in todo)
-    bar = progress_bar(total=total_utts, unit="utt", desc=f"extract {backbone.name}", enabled=progress)
-    audio_seconds, started = 0.0, time.perf_counter()
-    new_failures = 0
-    batches = [b for s in todo for b in s.batches]
-    decoded_batches = _prefetch(batches, lambda b: _decode_batch(b, paths, backbone), workers)
-    try:
-        for current in todo:
-            pooled: dict[str, list[torch.Tensor]] = {name: [] for name in pooling}
-            frames: list[torch.Tensor] = []
-            positions: list[int] = []
-            failures: list[dict] = []
-            for _ in current.batches:
-                decoded = next(decoded_batches)
-                for position, error in decoded.failures:
-                    failures.append({"utt_id": utt_ids[position], "position": position,
-                                     "path": str(paths[position]), "error": error})
-                if decoded.waves:
-                    output = backbone.encode(decoded.waves)
-                    kept = output.hidden_states if keep_all else output.hidden_states[layers]
-                    for name, values in pool_frames(kept, output.num_frames, pooling).items():
-                        pooled[name].append(values.cpu())
-                    if frame_layers:
-                        states = output.hidden_states[frame_layers].cpu()
-                        for b, n in enumerate(output.num_frames.tolist()):
-                            frames.append(states[:, b, :n].transpose(0, 1).contiguous())
-                    positions.extend(decoded.positions)
-                    audio_seconds += sum(len(w) for w in decoded.waves) / backbone.sample_rate
-                bar.update(len(decoded.positions) + len(decoded.failures))
-                bar.set_postfix_str(f"{audio_seconds / max(time.perf_counter() - started, 1e-9):.0f}x real time")
-            arrays = {
-                name: torch.cat(values) if values else torch.zeros(0, len(layers), backbone.width)
-                for name, values in pooled.items()
-            }
-            if frame_layers:
-                arrays["frames"] = (torch.cat(frames) if frames else torch.zeros(0, len(frame_layers), backbone.width))
-                arrays["frame_offsets"] = torch.tensor([0] + [len(f) for f in frames]).cumsum(0)
-            _write_shard(out_dir / _shard_name(current.index), arrays, positions, utt_ids, failures)
-            new_failures += len(failures)
-    finally:
-        decoded_batches.close()
-        bar.close()
-
-    final = _finalize(out_dir, config, [s.index for s in mine])
-    if final["num_failed"]:
-        warnings.warn(
-            f"{final['num_failed']} of {sum(len(s.positions) for s in mine)} clips could not be decoded and "
-            f"were skipped ({new_failures} in this run); see {out_dir / 'failures.csv'}",
-            stacklevel=2,
-        )
-    return out_dir
 
 
 def merge_feature_stores(parts: Sequence[str | Path], out_dir: str | Path) -> Path:
@@ -523,15 +576,15 @@ def merge_feature_stores(parts: Sequence[str | Path], out_dir: str | Path) -> Pa
     merged = dict(first, part=None, shards=sorted(i for _, c in configs for i in c["shards"]), complete=False)
     for key in ("num_stored", "num_failed"):
         merged.pop(key, None)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if (out_dir / "store.json").is_file():
-        _check_identity(out_dir, _read_json(out_dir / "store.json"), merged)
-    _write_json(out_dir / "store.json", merged)
-    for path, config in configs:
-        for index in config["shards"]:
-            source = path / _shard_name(index)
-            write_atomic(out_dir / _shard_name(index), lambda tmp, source=source: shutil.copyfile(source, tmp))
-    _finalize(out_dir, merged, merged["shards"])
+    with folder_lock(out_dir, "a feature store merge"):
+        if (out_dir / "store.json").is_file():
+            _check_identity(out_dir, _read_json(out_dir / "store.json"), merged)
+        _write_json(out_dir / "store.json", merged)
+        for path, config in configs:
+            for index in config["shards"]:
+                source = path / _shard_name(index)
+                write_atomic(out_dir / _shard_name(index), lambda tmp, source=source: shutil.copyfile(source, tmp))
+        _finalize(out_dir, merged, merged["shards"])
     return out_dir
 
 
@@ -567,8 +620,41 @@ class FeatureStore:
                 f"{self.path}: the store is unfinished (an interrupted extraction); run extract_features "
                 "again with the same arguments to finish it"
             )
-        self.index = pd.read_parquet(self.path / "index.parquet")
+        self.index = self._read_index()
         self._where = dict(zip(self.index["utt_id"], zip(self.index["shard"].tolist(), self.index["row"].tolist())))
+
+    def _damaged(self, path: Path, problem: str) -> FeatureStoreError:
+        return FeatureStoreError(
+            f"{path}: {problem}; the feature store {self.path} is damaged: delete it and run extract again"
+        )
+
+    def _read_index(self) -> pd.DataFrame:
+        path = self.path / "index.parquet"
+        if not path.is_file():
+            raise self._damaged(path, "missing (no such file)")
+        try:
+            index = pd.read_parquet(path)
+        except Exception as error:  # pyarrow raises ArrowInvalid, OSError and others for a damaged file
+            raise self._damaged(path, f"not a readable Parquet index ({type(error).__name__}: {error})") from error
+        absent = [c for c in ("utt_id", "shard", "row") if c not in index.columns]
+        if absent:
+            raise self._damaged(path, f"lacks column(s) {', '.join(absent)}")
+        stored = self.info.get("num_stored")
+        if stored is not None and stored != len(index):
+            raise self._damaged(path, f"has {len(index)} rows, store.json says {stored}")
+        return index
+
+    @contextmanager
+    def _open_shard(self, shard: int) -> Iterator:
+        """A shard file opened with safetensors; a missing or damaged one raises naming it."""
+        path = self.path / _shard_name(shard)
+        if not path.is_file():
+            raise self._damaged(path, "missing (no such file)")
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                yield handle
+        except SafetensorError as error:
+            raise self._damaged(path, f"not a readable safetensors shard ({error})") from error
 
     @property
     def utt_ids(self) -> list[str]:
@@ -580,7 +666,10 @@ class FeatureStore:
 
     @property
     def failures(self) -> pd.DataFrame:
-        return pd.read_csv(self.path / "failures.csv", dtype={"utt_id": str, "path": str, "error": str})
+        path = self.path / "failures.csv"
+        if not path.is_file():
+            raise self._damaged(path, "missing (no such file)")
+        return pd.read_csv(path, dtype={"utt_id": str, "path": str, "error": str})
 
     def __len__(self) -> int:
         return len(self.index)
@@ -638,7 +727,7 @@ class FeatureStore:
         rows = torch.tensor([r for _, r in where], dtype=torch.long)
         for shard in np.unique(shards):
             take = torch.from_numpy(np.flatnonzero(shards == shard))
-            with safe_open(str(self.path / _shard_name(int(shard))), framework="pt") as handle:
+            with self._open_shard(int(shard)) as handle:
                 for k, name in enumerate(pooling):
                     values = handle.get_tensor(name)[rows[take]][:, slots]
                     out[take, :, k * width : (k + 1) * width] = values
@@ -650,7 +739,7 @@ class FeatureStore:
             raise FeatureStoreError(f"{self.path}: no frame-level features stored (extract with frame_layers=...)")
         slots = self._layer_slots(layers, list(self.info["frame_layers"]), "frame_layers")
         ((shard, row),) = self._locate([utt_id])
-        with safe_open(str(self.path / _shard_name(shard)), framework="pt") as handle:
+        with self._open_shard(shard) as handle:
             offsets = handle.get_slice("frame_offsets")[row : row + 2].tolist()
             return handle.get_slice("frames")[offsets[0] : offsets[1]][:, slots]
 

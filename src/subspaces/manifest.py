@@ -16,6 +16,7 @@ not climb out of it; absolute paths are taken as they are (e.g. a corpus elsewhe
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pandas as pd
@@ -47,6 +48,8 @@ def validate_manifest(table: pd.DataFrame, root: Path, name: str = "manifest") -
     missing = [c for c in COLUMNS if c not in table.columns]
     if missing:
         raise ManifestError(f"{name}: missing column(s) {', '.join(missing)}; a manifest needs {', '.join(COLUMNS)}")
+    if not (pd.api.types.is_object_dtype(table["path"]) or pd.api.types.is_string_dtype(table["path"])):
+        raise ManifestError(f"{name}: the path column must be text (audio file paths), got {table['path'].dtype}")
     ids = table["utt_id"].astype(str)
     if (ids.str.len() == 0).any() or table["utt_id"].isna().any():
         problems.append("some rows have an empty utt_id")
@@ -57,7 +60,9 @@ def validate_manifest(table: pd.DataFrame, root: Path, name: str = "manifest") -
     escaping = []
     for utt_id, path in zip(ids, table["path"]):
         if not isinstance(path, str) or not path:
-            escaping.append(f"{utt_id} (empty path)")
+            missing_value = path is None or path is pd.NA or (isinstance(path, float) and math.isnan(path))
+            empty = isinstance(path, str) or missing_value
+            escaping.append(f"{utt_id} (empty path)" if empty else f"{utt_id} (path {path!r} is not text)")
             continue
         candidate = Path(path)
         if not candidate.is_absolute() and not (root / candidate).resolve().is_relative_to(root):
@@ -79,6 +84,8 @@ def read_manifest(path: str | Path) -> pd.DataFrame:
     Factor columns are read as strings (speaker "007" stays "007").
     """
     path = Path(path)
+    if path.is_dir():
+        raise ManifestError(f"{path}: is a directory, not a manifest file (.csv or .parquet)")
     if not path.is_file():
         raise ManifestError(f"{path}: no such manifest file")
     try:

@@ -37,21 +37,25 @@ revision) and `model.safetensors`. Loading reads only those two files and never 
 from __future__ import annotations
 
 import json
+import numbers
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .atomic import write_atomic
 from .errors import SubspacesError
 
-__all__ = ["ARCHITECTURE", "ModelError", "SubspaceConfig", "SubspaceModel", "RESIDUAL"]
+__all__ = ["ARCHITECTURE", "MODEL_TYPE", "ModelError", "SubspaceConfig", "SubspaceModel", "RESIDUAL"]
 
 ARCHITECTURE = "SubspaceModel"
+# Hugging Face's key for the kind of model a config.json describes (its "architectures" lists classes).
+MODEL_TYPE = "speech-subspaces"
 RESIDUAL = "residual"
 LAYER_MIX = "mix"
 # One softmax layer mix and one MLP trunk per subspace: Whisper keeps the speaker in its
@@ -98,9 +102,31 @@ class SubspaceConfig:
     dropout: float = 0.0
 
     def __post_init__(self) -> None:
-        # Normalise lists (from JSON or TOML) to tuples so configs compare and hash.
+        # Types first (a config.json edited by hand, or from another program, may hold
+        # anything), then lists (from JSON or TOML) become tuples so configs compare and hash.
+        for name in ("input_dim", "num_layers", "residual"):
+            if not _is_int(getattr(self, name)):
+                raise ModelError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+            object.__setattr__(self, name, int(getattr(self, name)))
+        if isinstance(self.hidden, (str, bytes, Mapping)) or not isinstance(self.hidden, (list, tuple)) \
+                or not all(_is_int(h) for h in self.hidden):
+            raise ModelError(f"hidden must be a list of integer layer sizes, e.g. [768, 768], got {self.hidden!r}")
         object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
-        object.__setattr__(self, "subspaces", tuple((str(n), int(s)) for n, s in self.subspaces))
+        if not isinstance(self.subspaces, (list, tuple)) or not all(
+                isinstance(pair, (list, tuple)) and len(pair) == 2 and isinstance(pair[0], str) and _is_int(pair[1])
+                for pair in self.subspaces):
+            raise ModelError(f"subspaces must be (name, size) pairs, e.g. [['speaker', 384], ['content', 384]], "
+                             f"got {self.subspaces!r}")
+        object.__setattr__(self, "subspaces", tuple((name, int(size)) for name, size in self.subspaces))
+        if not isinstance(self.pooling, str):
+            raise ModelError(f"pooling must be one of {', '.join(POOLINGS)}, got {self.pooling!r}")
+        if not isinstance(self.dropout, numbers.Real) or isinstance(self.dropout, bool):
+            raise ModelError(f"dropout must be a number in [0, 1), got {self.dropout!r}")
+        if isinstance(self.layer, bool) or not isinstance(self.layer, (numbers.Integral, str, Mapping, list, tuple)):
+            raise ModelError(f"layer must be an integer index, {LAYER_MIX!r}, {LAYER_MIX_EACH!r} or a mapping of "
+                             f"subspace name to layer index, got {self.layer!r}")
+        if isinstance(self.layer, numbers.Integral):
+            object.__setattr__(self, "layer", int(self.layer))
         if self.input_dim < 1:
             raise ModelError(f"input_dim must be a positive integer, got {self.input_dim}")
         if self.num_layers < 1:
@@ -108,9 +134,12 @@ class SubspaceConfig:
         if isinstance(self.layer, (Mapping, list, tuple)):
             pairs = self.layer.items() if isinstance(self.layer, Mapping) else self.layer
             try:
-                layer = tuple((str(name), int(index)) for name, index in pairs)
+                layer = tuple((name, index) for name, index in pairs)
             except (TypeError, ValueError):
-                raise ModelError(f"a layer per subspace is a mapping of subspace name to layer index, got {self.layer!r}") from None
+                layer = None
+            if layer is None or not all(isinstance(name, str) and _is_int(index) for name, index in layer):
+                raise ModelError(f"a layer per subspace is a mapping of subspace name to layer index, got {self.layer!r}")
+            layer = tuple((name, int(index)) for name, index in layer)
             object.__setattr__(self, "layer", layer)
         if isinstance(self.layer, tuple):
             names = list(self.sizes)
@@ -173,11 +202,36 @@ class SubspaceConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> SubspaceConfig:
+        """Rebuild from `to_dict`'s output (the "config" object of config.json).
+
+        >>> SubspaceConfig.from_dict({"input_dim": 8, "hidden": [16]}).hidden
+        (16,)
+        """
+        if not isinstance(data, Mapping):
+            raise ModelError(f"a SubspaceConfig is an object of its fields, got {_json_type(data)}")
         known = set(cls.__dataclass_fields__)
         unknown = sorted(set(data) - known)
         if unknown:
             raise ModelError(f"unknown SubspaceConfig key(s) {unknown}; valid keys: {sorted(known)}")
+        missing = [f.name for f in fields(cls) if f.default is MISSING and f.name not in data]
+        if missing:
+            raise ModelError(f"SubspaceConfig key(s) {missing} missing; every config needs {missing}")
         return cls(**data)
+
+
+def _is_int(value: Any) -> bool:
+    """An integer, numpy's too, but not a bool (JSON true would otherwise read as 1)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _json_type(value: Any) -> str:
+    """What a parsed JSON value is, in JSON's words (for error messages)."""
+    if isinstance(value, bool):
+        return "a boolean"
+    for kind, word in ((dict, "an object"), (list, "an array"), (str, "a string"), ((int, float), "a number")):
+        if isinstance(value, kind):
+            return word
+    return "null" if value is None else type(value).__name__
 
 
 class SubspaceModel(nn.Module):
@@ -315,6 +369,8 @@ class SubspaceModel(nn.Module):
         folder.mkdir(parents=True, exist_ok=True)
         self.metadata.update(metadata or {})
         description = {
+            "model_type": MODEL_TYPE,
+            "architectures": [ARCHITECTURE],
             "architecture": ARCHITECTURE,
             "package": "speech-subspaces",
             "package_version": __version__,
@@ -332,6 +388,8 @@ class SubspaceModel(nn.Module):
         )
         return folder
 
+    save_pretrained = save  # the Hugging Face name
+
     @classmethod
     def load(cls, folder: str | Path, map_location: str | torch.device = "cpu") -> SubspaceModel:
         """Rebuild a saved model from its folder (safetensors only, nothing unpickled), in eval mode."""
@@ -342,14 +400,33 @@ class SubspaceModel(nn.Module):
                 raise ModelError(f"{folder}: not a subspace model folder, {path.name} is missing")
         try:
             description = json.loads(config_path.read_text())
-        except json.JSONDecodeError as error:
-            raise ModelError(f"{config_path}: not valid JSON ({error})") from error
+        except ValueError as error:  # not JSON, or not UTF-8 text
+            raise ModelError(f"{config_path}: not valid JSON ({error}); save the model again (SubspaceModel.save "
+                             "or `subspaces train`)") from error
+        if not isinstance(description, dict):
+            raise ModelError(f"{config_path}: expected a JSON object (architecture, config, metadata), got "
+                             f"{_json_type(description)}; save the model again")
         if description.get("architecture") != ARCHITECTURE:
             raise ModelError(
                 f"{config_path}: architecture is {description.get('architecture')!r}, expected {ARCHITECTURE!r}"
             )
-        model = cls(SubspaceConfig.from_dict(description["config"]), metadata=description.get("metadata"))
-        state = load_file(weights_path, device=str(map_location))
+        if "config" not in description:
+            raise ModelError(f'{config_path}: no "config" (the SubspaceConfig the weights were made with); '
+                             "the file is damaged or was not written by SubspaceModel.save: save the model again")
+        metadata = description.get("metadata")
+        if metadata is not None and not isinstance(metadata, dict):
+            raise ModelError(f'{config_path}: "metadata" must be an object, got {_json_type(metadata)}')
+        try:
+            config = SubspaceConfig.from_dict(description["config"])
+        except ModelError as error:
+            raise ModelError(f'{config_path}: "config": {error}') from error
+        model = cls(config, metadata=metadata)
+        try:
+            state = load_file(weights_path, device=str(map_location))
+        except SafetensorError as error:
+            raise ModelError(
+                f"{weights_path}: not a readable safetensors file ({error}); it is damaged or incomplete "
+                "(an interrupted copy or download?): copy or save the model again") from error
         missing, unexpected = set(model.state_dict()) - set(state), set(state) - set(model.state_dict())
         if missing or unexpected:
             raise ModelError(

@@ -40,7 +40,7 @@ from .manifest import read_manifest, write_manifest
 from .model import LAYER_MIX, LAYER_MIX_EACH, SubspaceModel
 from .report import write_report
 from .synth import load_texts, sample_texts, sample_voice_mix, synthesize_grid
-from .training import TrainConfig, train
+from .training import TrainConfig, load_recipe, train
 
 __all__ = ["DEMO_PLANS", "DemoPlan", "PipelineError", "calibrate_model", "embed_features", "evaluate_model",
            "evaluate_models", "run_demo", "training_rows"]
@@ -87,17 +87,9 @@ class DemoPlan:
     precision: str = "float32"
     fsdd_per_speaker_digit: int = 10
     seed: int = 0
-    # The paper's loss with three changes: each subspace is a linear projection of its own
-    # fixed Whisper layer, and the speaker projection starts as a shrinkage LDA of the
-    # training voices instead of at random (found on FSDD: benchmarks/RESULTS.md). Their
-    # values were then chosen on the dev suite (benchmarks/DEV.md): speaker layer 0 (of
-    # 0-3), LDA shrinkage 0.2 (of 0.001-0.5), 480 steps (vs LDA only and 960), the best
-    # checkpoint by validation loss, tau 0.1 (vs 0.5), max lr 1e-4 (vs 1e-3); the content
-    # layer 4 (of 2-6) on the synthetic validation split.
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(
-        block={"speaker": 16, "content": 16}, layer={"speaker": 0, "content": 4}, hidden=(),
-        lda_init={"speaker": 0.2},
-        val_every=120, checkpoint_every=120))
+    # The training recipe: the shipped src/subspaces/data/recipes/demo.toml (its comments
+    # say what differs from the paper's and where each value was chosen).
+    train: TrainConfig = field(default_factory=lambda: load_recipe("demo"))
 
 
 # `subspaces demo --size NAME`. "large" adds Kokoro's and Piper's neural voices to the
@@ -151,9 +143,10 @@ def _layer_weights(model: SubspaceModel) -> dict[str, np.ndarray] | None:
     return dict(zip(model.config.sizes, weights))
 
 
-def run_demo(out_dir: str | Path, plan: DemoPlan = DemoPlan()) -> dict:
+def run_demo(out_dir: str | Path, plan: DemoPlan = DemoPlan(), *, evaluate: bool = True) -> dict:
     """Run the default pipeline into `out_dir` and return the evaluation results
-    (also written to out_dir/report/metrics.json)."""
+    (also written to out_dir/report/metrics.json); with `evaluate=False`, stop once the
+    model is trained (out_dir/model) and return the stage timings only."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out / "plan.json", json.dumps(asdict(plan), indent=2, default=str) + "\n")
@@ -185,13 +178,15 @@ def run_demo(out_dir: str | Path, plan: DemoPlan = DemoPlan()) -> dict:
     train(grid_features, grid[keep].reset_index(drop=True), plan.train, out / "model",
           metadata={"backbone": backbone.name, "backbone_revision": backbone.revision, "demo_plan": "subspaces demo"})
     timings["train_s"] = time.perf_counter() - started
+    if not evaluate:
+        return {"timings": timings}
 
     started = _stage("4/4 evaluating on real speech (FSDD) and writing the report")
     results = evaluate_model(out / "model", fsdd, out / "features-fsdd", out / "report", backbone=backbone,
                              seed=plan.seed, title=f"FSDD (real speech) after training on a synthetic grid, {backbone.name}")
     timings["evaluate_s"] = time.perf_counter() - started
     results["timings"] = timings
-    (out / "report" / "timings.json").write_text(json.dumps(timings, indent=2) + "\n")
+    write_text_atomic(out / "report" / "timings.json", json.dumps(timings, indent=2) + "\n")
     print(summary_table(results))
     print(f"[demo] report: {out / 'report' / 'report.md'}")
     return results
@@ -277,23 +272,26 @@ def evaluate_models(
 
 def calibrate_model(
     model_dir: str | Path, corpus: pd.DataFrame, *, subspace: str = "speaker", operating_point: str = "eer",
-    max_trials: int | None = 200_000, seed: int = 0, data: str = "",
+    max_trials: int | None = 200_000, seed: int = 0, data: str = "", allow_unfinished: bool = False,
 ) -> dict:
     """Store a verification threshold for `subspace` in the model folder, chosen on the
     trials of a labelled corpus (all pairs, or a seeded sample of `max_trials`); with a
-    `language` column, on its same-language trials only (see `evaluate`).
+    `language` column, on its same-language trials only (see `evaluate`). The corpus must
+    give at least `inference.MIN_TARGET_TRIALS` target and `MIN_NONTARGET_TRIALS`
+    non-target trials; that is checked before any audio is embedded. `allow_unfinished`
+    as in `load_model`.
 
     Returns the stored record (threshold, operating point, the data it came from, the
-    miss and false-alarm rates reached there). `SubspaceEncoder.verify` then uses it.
+    trial counts, the miss and false-alarm rates reached there). `SubspaceEncoder.verify`
+    then uses it.
     """
     from .evaluate import cosine_scores, make_trials
-    from .inference import calibrate_threshold, load_model
+    from .inference import calibrate_threshold, check_trial_counts, load_model
     from .manifest import audio_paths
 
-    encoder = load_model(model_dir)
-    vectors = encoder.embed(audio_paths(corpus))
-    if subspace not in vectors:
-        raise PipelineError(f"{model_dir}: no subspace {subspace!r}; it has {', '.join(vectors)}")
+    encoder = load_model(model_dir, allow_unfinished=allow_unfinished)
+    if subspace not in encoder.subspaces:
+        raise PipelineError(f"{model_dir}: no subspace {subspace!r}; it has {', '.join(encoder.subspaces)}")
     trials = make_trials(corpus, max_trials=max_trials, seed=seed)
     kind = "trials"
     if "same_language" in trials.columns:
@@ -302,7 +300,10 @@ def calibrate_model(
             # Most pairs of a many-language corpus differ in language, which any system tells
             # apart: a threshold set on them would be too lenient for same-language audio.
             trials, kind = same.reset_index(drop=True), "same-language trials"
-    scores = cosine_scores(vectors[subspace], trials)
     description = (data + ", " if data else "") + f"{len(corpus)} utterances, {len(trials)} {kind}"
+    targets = trials["target"].astype(bool)
+    check_trial_counts(int(targets.sum()), int((~targets).sum()), f"{data or 'the corpus'} ({len(corpus)} utterances)")
+    vectors = encoder.embed(audio_paths(corpus))
+    scores = cosine_scores(vectors[subspace], trials)
     return calibrate_threshold(model_dir, scores, trials["target"].astype(int).to_numpy(), operating_point,
                                subspace=subspace, data=description)

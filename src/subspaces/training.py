@@ -52,6 +52,8 @@ The output folder:
     out_dir/recipe.toml                      the recipe, rerunnable with `load_recipe`
     out_dir/train_log.csv, val_log.csv       one row per step / per validation
     out_dir/checkpoints/step-NNNNNN/         the newest checkpoint
+    out_dir/UNFINISHED                       while training runs, and after it died midway:
+                                             the model there is not the final one
 
 >>> import pandas as pd, tempfile, torch
 >>> table = pd.DataFrame([(s, c, "train") for s in "abcd" for c in "wxyz"], columns=["speaker", "content", "split"])
@@ -70,12 +72,16 @@ import json
 import gc
 import math
 import os
+import pickle
+import re
 import shutil
 import tomllib
+import zipfile
 from collections.abc import Mapping
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -83,19 +89,22 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from .atomic import write_text_atomic
+from .atomic import check_disk_full, write_text_atomic
 from .errors import SubspacesError
+from .folders import folder_lock, mark_finished, mark_unfinished
 from .losses import interventional_loss
-from .model import SubspaceConfig, SubspaceModel
+from .model import ModelError, SubspaceConfig, SubspaceModel
 from .progress import progress_bar
 from .sampler import GridSampler
 
-__all__ = ["TrainConfig", "TrainError", "load_recipe", "train", "write_recipe"]
+__all__ = ["RECIPES_FOLDER", "TrainConfig", "TrainError", "load_recipe", "recipe_names", "train", "write_recipe"]
 
 SELECTIONS = ("best", "last")
 # What "best" is judged by; see the module docstring.
 SELECT_BY = ("loss", "eer")
 STATE_FILE = "training_state.pt"
+# The devices a recipe may name: the CPU, or a CUDA GPU (the current one, or one by index).
+DEVICE_PATTERN = re.compile(r"cpu|cuda(:\d+)?")
 
 
 class TrainError(SubspacesError, ValueError):
@@ -131,9 +140,15 @@ class TrainConfig:
         contrastive loss then trains on from there. Needs linear trunks (`hidden=()`) and
         a fixed layer. Empty (the paper) = random start.
 
+    `source` (not a recipe key) names where the recipe came from (its file, when
+    `load_recipe` or `from_dict` made it), so that errors found only once the features
+    are known (a layer index beyond their layers, a GPU that is not there) can name it.
+
     >>> TrainConfig().batch_size
     512
     """
+
+    source: ClassVar[str] = "recipe"
 
     # subspaces, residual, layer, pooling, hidden and dropout are the model's own
     # (`SubspaceConfig`, whose defaults they take); `model_config` passes them on.
@@ -187,18 +202,29 @@ class TrainConfig:
         for name in ("residual", "val_every", "checkpoint_every", "patience", "seed"):
             if getattr(self, name) < 0:
                 problems.append(f"{name} must be >= 0, got {getattr(self, name)}")
+        numbers = ("temperature", "max_lr", "layer_lr_scale", "weight_decay", "orthogonality_weight", "margin",
+                   "pct_start", "dropout")
+        infinite = [name for name in numbers if not math.isfinite(getattr(self, name))]
+        for name in infinite:
+            problems.append(f"{name} must be a finite number, got {getattr(self, name)}")
         for name in ("temperature", "max_lr", "layer_lr_scale"):
-            if not getattr(self, name) > 0:
+            if name not in infinite and not getattr(self, name) > 0:
                 problems.append(f"{name} must be positive, got {getattr(self, name)}")
         for name in ("weight_decay", "orthogonality_weight", "margin"):
-            if getattr(self, name) < 0:
+            if name not in infinite and getattr(self, name) < 0:
                 problems.append(f"{name} must be >= 0, got {getattr(self, name)}")
-        if not 0 < self.pct_start < 1:
+        if "pct_start" not in infinite and not 0 < self.pct_start < 1:
             problems.append(f"pct_start must be in (0, 1), got {self.pct_start}")
+        if "dropout" not in infinite and not 0 <= self.dropout < 1:
+            problems.append(f"dropout must be in [0, 1), got {self.dropout}")
+        if any(not isinstance(v, int) or v < 1 for v in self.hidden):
+            problems.append(f"hidden sizes must be integers >= 1, got {list(self.hidden)}")
+        if not isinstance(self.device, str) or not DEVICE_PATTERN.fullmatch(self.device):
+            problems.append(f'device must be "cpu", "cuda" or "cuda:N" (a GPU by index), got {self.device!r}')
         if self.lda_init:
             if set(self.lda_init) - set(self.subspaces):
                 problems.append(f"lda_init names {sorted(set(self.lda_init) - set(self.subspaces))}, which are not subspaces {sorted(self.subspaces)}")
-            if any(not 0 <= v <= 1 for v in self.lda_init.values()):
+            if any(not (math.isfinite(v) and 0 <= v <= 1) for v in self.lda_init.values()):
                 problems.append(f"lda_init shrinkages must be in [0, 1], got {self.lda_init}")
             if self.hidden:
                 problems.append(f"lda_init needs linear trunks (hidden = []), got hidden = {list(self.hidden)}")
@@ -241,9 +267,11 @@ class TrainConfig:
             if not _has_type(value, _FIELD_TYPES[key]):
                 raise TrainError(f"{source}: {key} = {value!r} is not {_FIELD_TYPES[key]}")
         try:
-            return cls(**data)
+            config = cls(**data)
         except (TrainError, ValueError) as error:
             raise TrainError(f"{source}: {error}") from error
+        object.__setattr__(config, "source", source)
+        return config
 
 
 # What a recipe value must be, by the field's annotation (TOML has no tuples or None).
@@ -279,16 +307,35 @@ def _has_type(value: Any, kind: str) -> bool:
     }[kind]()
 
 
-def load_recipe(path: str | Path) -> TrainConfig:
-    """Read a TOML recipe; unknown keys and bad values raise `TrainError` naming the file.
+# Recipes shipped with the package, loadable by name (`load_recipe("demo")`, `train --recipe demo`).
+RECIPES_FOLDER = Path(__file__).parent / "data" / "recipes"
 
+
+def recipe_names() -> list[str]:
+    """The names of the shipped recipes ("demo", "paper", ...)."""
+    return sorted(p.stem for p in RECIPES_FOLDER.glob("*.toml"))
+
+
+def load_recipe(name_or_path: str | Path) -> TrainConfig:
+    """Read a TOML recipe, a shipped one by name ("demo": the demo's training, chosen on
+    the dev suite; "paper": Cox & Barker's setup) or any file; unknown keys and bad values
+    raise `TrainError` naming the file.
+
+    >>> load_recipe("demo").layer
+    {'speaker': 0, 'content': 4}
     >>> import tempfile
     >>> recipe = Path(tempfile.mkdtemp()) / "recipe.toml"
     >>> _ = recipe.write_text('steps = 100\\n[block]\\nspeaker = 8\\ncontent = 8\\n')
     >>> load_recipe(recipe).batch_size
     64
     """
-    path = Path(path)
+    path = Path(name_or_path)
+    if str(name_or_path) in recipe_names() and not path.exists():
+        path = RECIPES_FOLDER / f"{name_or_path}.toml"
+    elif not path.exists() and path.suffix != ".toml":
+        raise TrainError(f"{path}: no such recipe file, and not a shipped recipe ({', '.join(recipe_names())})")
+    if path.is_dir():
+        raise TrainError(f"{path}: is a folder (a directory), not a recipe file; name a TOML recipe file")
     if not path.is_file():
         raise TrainError(f"{path}: no such recipe file")
     try:
@@ -338,14 +385,20 @@ def train(
     Running again on a folder with a checkpoint resumes from it (same data and recipe
     required); on a finished folder it returns at once.
 
+    While it runs, `out_dir` is locked against a second writer (`folders.folder_lock`)
+    and marked unfinished (`folders.mark_unfinished`, cleared once the final model is
+    saved), so a model folder of a run that died midway does not pass for finished.
+
     Data-parallel when a `torch.distributed` process group is initialised, or when the
     environment says `torchrun` started this process with WORLD_SIZE > 1 (then a group is
     made here, nccl for a cuda `config.device`, else gloo, and destroyed at the end). Every
     rank must get the same arguments; `out_dir` must be one folder that all ranks see.
     """
+    _check_device(config)
     own_group = _join_torchrun_group(config)
     try:
-        return _train(features, table, config, Path(out_dir), metadata)
+        with ExitStack() as locks:
+            return _train(features, table, config, Path(out_dir), metadata, locks)
     finally:
         if own_group:
             # Free DistributedDataParallel's reducer (held in reference cycles) while the
@@ -357,7 +410,8 @@ def train(
 
 
 def _train(
-    features: torch.Tensor, table: pd.DataFrame, config: TrainConfig, out_dir: Path, metadata: Mapping[str, Any] | None
+    features: torch.Tensor, table: pd.DataFrame, config: TrainConfig, out_dir: Path, metadata: Mapping[str, Any] | None,
+    locks: ExitStack,
 ) -> Path:
     rank, world_size = (dist.get_rank(), dist.get_world_size()) if _distributed() else (0, 1)
     writer = rank == 0  # the one rank that validates and writes files
@@ -397,7 +451,11 @@ def _train(
 
     # 2. model, optimizer, schedule
     torch.manual_seed(config.seed)
-    model = SubspaceModel(config.model_config(features.shape[2], features.shape[1]), metadata={**(metadata or {})})
+    try:
+        model_config = config.model_config(features.shape[2], features.shape[1])
+    except ModelError as error:  # e.g. a layer index beyond the features' layers
+        raise TrainError(f"{config.source}: {error}") from error
+    model = SubspaceModel(model_config, metadata={**(metadata or {})})
     model.fit_normalization(features[train_rows])
     for name, shrinkage in config.lda_init.items():
         model.set_projection(name, _lda_projection(model, features[train_rows], codes[name][train_rows], name, shrinkage))
@@ -418,13 +476,13 @@ def _train(
     )
     state = {"step": 0, "best_score": math.inf, "best_step": -1, "bad_validations": 0, "finished": False}
 
-    # 3. resume (every rank reads the checkpoint; rank 0 writes nothing until all ranks have
-    # joined the first step's collectives, so none reads a half-replaced folder)
-    if writer:
-        out_dir.mkdir(parents=True, exist_ok=True)
+    # 3. lock out_dir (the writer holds it until train returns), then resume (every rank
+    # reads the checkpoint; rank 0 writes nothing until all ranks have joined the first
+    # step's collectives, so none reads a half-replaced folder)
+    _lock_out_dir(out_dir, locks, rank, world_size)
     checkpoint = _newest_checkpoint(out_dir)
     if checkpoint is not None:
-        saved = torch.load(checkpoint / STATE_FILE, map_location="cpu", weights_only=True)
+        saved = _load_state(checkpoint)
         if saved["recipe"] != config.to_dict() or saved["data"] != fingerprint:
             raise TrainError(
                 f"{out_dir} holds a checkpoint ({checkpoint.name}) of a different recipe or different data; "
@@ -436,9 +494,14 @@ def _train(
         torch.set_rng_state(saved["torch_rng"])
         state = saved["progress"]
         if state["finished"]:
+            if writer:
+                mark_finished(out_dir)  # in case the run was killed between its last checkpoint and the mark
             return out_dir
-    elif writer:
-        write_recipe(config, out_dir / "recipe.toml")
+    if writer:
+        # Before the first write: from here until the final model, out_dir is not a finished model.
+        mark_unfinished(out_dir, f"training, step {state['step']} of {config.steps}")
+        if checkpoint is None:
+            write_recipe(config, out_dir / "recipe.toml")
     if rank:
         # Ranks draw their own dropout masks: a stream per (seed, rank, step resumed at).
         torch.manual_seed(int(np.random.SeedSequence([config.seed, rank, state["step"]]).generate_state(1)[0]))
@@ -513,12 +576,34 @@ def _train(
             model.save(out_dir, metadata=model_metadata(step, None))
         if writer and (state["finished"] or (config.checkpoint_every and step % config.checkpoint_every == 0)):
             _save_checkpoint(out_dir, model, optimizer, scheduler, state, config, fingerprint, model_metadata(step, None))
+            if not state["finished"]:
+                mark_unfinished(out_dir, f"training, step {step} of {config.steps}")
     progress.close()
     if board is not None:
         board.close()
+    if writer:
+        mark_finished(out_dir)  # the final model and checkpoint are saved
     if world_size > 1:
         dist.barrier()  # every rank returns once rank 0 has written the model
     return out_dir
+
+
+def _check_device(config: TrainConfig) -> None:
+    """Refuse a CUDA `config.device` this machine does not have, naming the recipe."""
+    device = torch.device(config.device)
+    if device.type != "cuda":
+        return
+    if not torch.cuda.is_available():
+        raise TrainError(
+            f"{config.source}: device = {config.device!r}, but torch finds no usable CUDA GPU here "
+            f"(torch {torch.__version__}, CUDA build {torch.version.cuda or 'none'}); "
+            'set device = "cpu" or run on a machine with a GPU'
+        )
+    if device.index is not None and device.index >= torch.cuda.device_count():
+        raise TrainError(
+            f"{config.source}: device = {config.device!r}, but this machine has {torch.cuda.device_count()} GPU(s) "
+            f"(cuda:0..cuda:{torch.cuda.device_count() - 1})"
+        )
 
 
 def _join_torchrun_group(config: TrainConfig) -> bool:
@@ -537,6 +622,24 @@ def _join_torchrun_group(config: TrainConfig) -> bool:
     backend = "nccl" if torch.device(config.device).type == "cuda" else "gloo"
     dist.init_process_group(backend)
     return True
+
+
+def _lock_out_dir(out_dir: Path, locks: ExitStack, rank: int, world_size: int) -> None:
+    """Take `out_dir`'s write lock on the writing rank (held until `locks` closes); every
+    rank raises if it could not be taken, so that none waits in a collective for rank 0."""
+    refused: Exception | None = None
+    if rank == 0:
+        try:
+            locks.enter_context(folder_lock(out_dir, "a training run"))
+        except (SubspacesError, OSError) as error:
+            refused = error
+    if world_size > 1:
+        message = [None if refused is None else str(refused)]
+        dist.broadcast_object_list(message, src=0)
+        if rank and message[0] is not None:
+            raise TrainError(f"rank 0 could not lock {out_dir}: {message[0]}")
+    if refused is not None:
+        raise refused
 
 
 def _distributed() -> bool:
@@ -653,6 +756,29 @@ def _newest_checkpoint(out_dir: Path) -> Path | None:
     return complete[-1] if complete else None
 
 
+def _load_state(checkpoint: Path) -> dict[str, Any]:
+    """The training state saved with `checkpoint` (tensors and plain data only: a pickle
+    that would run code is refused, never executed)."""
+    path = checkpoint / STATE_FILE
+    advice = f"delete the checkpoint folder {checkpoint} and rerun (training restarts from the start)"
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise TrainError(f"{path}: missing from its checkpoint folder; {advice}") from None
+    except pickle.UnpicklingError as error:
+        raise TrainError(
+            f"{path}: not a training state: it holds objects other than tensors and plain data, or is damaged "
+            f"(refused, nothing in it was run); {advice}"
+        ) from error
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise TrainError(f"{path}: not a readable training state ({first[:200]}); {advice}") from error
+    wanted = ("optimizer", "scheduler", "torch_rng", "progress", "recipe", "data")
+    if not isinstance(saved, dict) or any(key not in saved for key in wanted):
+        raise TrainError(f"{path}: not a training state of this package (it lacks {list(wanted)}); {advice}")
+    return saved
+
+
 def _save_checkpoint(
     out_dir: Path,
     model: SubspaceModel,
@@ -669,23 +795,30 @@ def _save_checkpoint(
     only a `.tmp-` folder, which the next save removes.
     """
     folder = out_dir / "checkpoints"
-    folder.mkdir(exist_ok=True)
     final = folder / f"step-{state['step']:06d}"
     tmp = folder / f".tmp-step-{state['step']:06d}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    model.save(tmp, metadata=metadata)
-    torch.save(
-        {
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "torch_rng": torch.get_rng_state(),
-            "progress": dict(state),
-            "recipe": config.to_dict(),
-            "data": fingerprint,
-        },
-        tmp / STATE_FILE,
-    )
+    try:
+        folder.mkdir(exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        model.save(tmp, metadata=metadata)
+        torch.save(
+            {
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "torch_rng": torch.get_rng_state(),
+                "progress": dict(state),
+                "recipe": config.to_dict(),
+                "data": fingerprint,
+            },
+            tmp / STATE_FILE,
+        )
+    except BaseException as error:
+        # A half-written checkpoint would only hold the disk full; the older one stays.
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(error, Exception):
+            check_disk_full(error, final)  # torch.save says only "unexpected pos" on a full disk
+        raise
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
     for older in folder.iterdir():
@@ -707,8 +840,12 @@ class _CsvLog:
         write_text_atomic(path, _csv_text([header, *kept]))
 
     def write(self, row: list[Any]) -> None:
-        with self.path.open("a", newline="") as handle:
-            csv.writer(handle).writerow(row)
+        try:
+            with self.path.open("a", newline="") as handle:
+                csv.writer(handle).writerow(row)
+        except OSError as error:
+            check_disk_full(error, self.path)
+            raise
 
 
 def _csv_text(rows: list[list[Any]]) -> str:

@@ -33,7 +33,17 @@ voices regardless of their base (the rule before bases existed).
 **Resuming.** Every clip is written to a temporary file and renamed into place, so a
 clip that exists is complete. Rerunning with the same arguments after a crash or
 `kill -9` skips finished clips and ends with the same manifest as one clean run
-(noise and rooms are seeded from each clip's id, not from the run).
+(noise and rooms are seeded from each clip's id, not from the run). `grid.json` is
+written before the first clip, so a folder always says which grid it holds: asking for
+another grid there (other voices, texts, channels, splits, seed, ...) is refused with
+what differs, unless `restart=True` deletes the old grid first.
+
+**Finished or not.** `manifest.csv` is written only once every clip has been tried, and
+a grid made with other options is never resumed into the folder, so a folder with a
+manifest holds a finished grid; a stopped run (crash, `kill -9`, full disk) leaves none
+(or the earlier finished one). A full disk stops the run at the first clip that does
+not fit (`DiskFull`); such clips are not synthesis failures and are not listed in
+`failures.csv`. One run at a time writes a folder (`folders.folder_lock`).
 
 >>> from subspaces.synth import Voice
 >>> voices = [Voice("flite", {"voice": v}) for v in ("kal", "slt", "awb")]
@@ -49,9 +59,11 @@ clip that exists is complete. Rerunning with the same arguments after a crash or
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import math
 import os
+import shutil
 import threading
 import warnings
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -63,9 +75,10 @@ import numpy as np
 import pandas as pd
 import soundfile as sf
 
-from ..atomic import write_text_atomic
+from ..atomic import check_disk_full, write_text_atomic
 from ..audio import normalize_loudness, resample, trim_silence
 from ..errors import SubspacesError
+from ..folders import folder_lock
 from ..manifest import write_manifest
 from ..progress import progress_bar
 from .bank import load_voices, save_voices
@@ -81,7 +94,14 @@ SPLITS = ("train", "val", "val_voice", "val_text")
 HOLD_OUT = ("base", "voice")
 MANIFEST_NAME = "manifest.csv"
 FAILURES_NAME = "failures.csv"
+GRID_NAME = "grid.json"
+BANK_NAME = "voices.json"
 _PARTIAL_SUFFIX = ".partial"
+# The grid.json settings that make a grid what it is, and how a difference is shown.
+_SETTING_NAMES = {"voices": "num voices", "texts": "num texts", "dense": "dense", "per_voice": "per voice",
+                  "min_per_text": "min per text", "val_voices": "val voices", "val_texts": "val texts",
+                  "seed": "seed", "channels": "channels", "keep_mixed": "keep mixed", "hold_out": "hold out",
+                  "sample_rate": "sample rate"}
 
 
 class GridError(SubspacesError, ValueError):
@@ -313,15 +333,34 @@ def _finished_frames(path: Path) -> int | None:
     return info.frames if info.samplerate == SAMPLE_RATE and info.frames > 0 else None
 
 
+class _NotWritten(Exception):
+    """A clip was made but could not be written into the grid folder (a full disk, no
+    permission). Unlike a failed synthesis this stops the grid: every clip after it
+    would meet the same folder."""
+
+    def __init__(self, error: OSError):
+        super().__init__(str(error))
+        self.error = error
+
+
 def _write_flac(path: Path, wave: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write a 16-bit FLAC through a temporary file; a failed write raises `_NotWritten`
+    (holding a `DiskFull` when the disk is full) and leaves no temporary file."""
+    buffer = io.BytesIO()  # encoded in memory, so only writing the file can meet the disk
+    sf.write(buffer, wave, SAMPLE_RATE, format="FLAC", subtype="PCM_16")
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}{_PARTIAL_SUFFIX}")
     try:
-        sf.write(str(tmp), wave, SAMPLE_RATE, format="FLAC", subtype="PCM_16")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_bytes(buffer.getvalue())
         os.replace(tmp, path)
+    except OSError as error:
+        try:
+            check_disk_full(error, path)
+        except OSError as full:
+            raise _NotWritten(full) from error
+        raise _NotWritten(error) from error
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        tmp.unlink(missing_ok=True)
 
 
 def _run_task(task: _Task) -> list[int]:
@@ -347,7 +386,7 @@ def _run_task(task: _Task) -> list[int]:
 
 
 def _check_same_voices(out_dir: Path, voices: Sequence[Voice]) -> None:
-    bank = out_dir / "voices.json"
+    bank = out_dir / BANK_NAME
     if not bank.is_file():
         return
     before = {v.speaker: v for v in load_voices(bank)}
@@ -358,6 +397,82 @@ def _check_same_voices(out_dir: Path, voices: Sequence[Voice]) -> None:
                 f"{out_dir} already holds clips of a different voice with the speaker id {voice.speaker!r} "
                 f"({old.to_dict()} there, {voice.to_dict()} now); use a new folder or another speaker id"
             )
+
+
+def _show(value: object) -> str:
+    if isinstance(value, list):
+        shown = ", ".join(map(str, value[:4])) + (f", ... ({len(value)} in all)" if len(value) > 4 else "")
+        return f"[{shown}]"
+    return str(value)
+
+
+def _changed_ids(what: str, before: list[str], now: list[str]) -> list[str]:
+    """How the ids of `what` (voices, texts) changed: new ones, ones left out, or their order."""
+    new = [i for i in now if i not in set(before)]
+    gone = [i for i in before if i not in set(now)]
+    changes = []
+    if new:
+        changes.append(f"new {what} {_show(new)}")
+    if gone:
+        changes.append(f"{what} left out {_show(gone)}")
+    if not changes and before != now:
+        changes.append(f"the {what} in another order")
+    return changes
+
+
+def _differences(out_dir: Path, settings: dict, voices: Sequence[Voice], plan: pd.DataFrame) -> list[str]:
+    """What differs between the grid in `out_dir` and the one asked for: [] when they are
+    the same grid, or when the folder holds no grid.
+
+    `grid.json` gives the settings; `voices.json` the voices; the manifest of a finished
+    grid (or of one made before grid.json listed its texts) must hold only rows of the plan.
+    """
+    record = out_dir / GRID_NAME
+    old: dict = {}
+    if record.is_file():
+        try:
+            old = json.loads(record.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise GridError(f"{record}: not a grid record ({error}); pass restart=True (subspaces synth "
+                            "--restart) to delete the grid there and start over") from error
+        if not isinstance(old, dict):
+            raise GridError(f"{record}: not a grid record (a JSON object); pass restart=True (subspaces synth "
+                            "--restart) to delete the grid there and start over")
+    found = [f"{name} {_show(old[key])} -> {_show(settings[key])}"
+             for key, name in _SETTING_NAMES.items() if key in old and old[key] != settings[key]]
+    bank = out_dir / BANK_NAME
+    if bank.is_file():
+        found += _changed_ids("voices", [v.speaker for v in load_voices(bank)], [v.speaker for v in voices])
+    if isinstance(old.get("text_ids"), list):
+        found += _changed_ids("texts", old["text_ids"], settings["text_ids"])
+    if not found and "held_out" in old and old["held_out"] != settings["held_out"]:
+        found.append(f"held out {old['held_out']} -> {settings['held_out']}")
+    manifest = out_dir / MANIFEST_NAME
+    if not found and manifest.is_file():
+        try:
+            rows = pd.read_csv(manifest, dtype=str, keep_default_na=False)
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
+            raise GridError(f"{manifest}: not a grid manifest ({error}); pass restart=True (subspaces synth "
+                            "--restart) to delete the grid there and start over") from error
+        if not {"utt_id", "split"} <= set(rows.columns):
+            found.append(f"{MANIFEST_NAME} has no utt_id and split columns")
+        else:
+            planned = dict(zip(plan["utt_id"], plan["split"]))
+            other = [u for u, split in zip(rows["utt_id"], rows["split"]) if planned.get(u) != split]
+            if other:
+                found.append(f"{len(other)} of the {len(rows)} clips in {MANIFEST_NAME} are not in the new grid "
+                             f"or in another split {_show(other)}")
+    return found
+
+
+def _remove_grid(out_dir: Path) -> None:
+    """Delete the grid in `out_dir`: the manifest first, so that a run stopped midway never
+    leaves a manifest over missing clips. voices.json stays until the new bank replaces it,
+    so leftover clips of an old voice are still caught under its speaker id."""
+    for name in (MANIFEST_NAME, FAILURES_NAME, GRID_NAME):
+        (out_dir / name).unlink(missing_ok=True)
+    if (out_dir / "audio").is_dir():
+        shutil.rmtree(out_dir / "audio")
 
 
 def synthesize_grid(
@@ -375,6 +490,7 @@ def synthesize_grid(
     channels: Sequence[str] | None = None,
     keep_mixed: bool = True,
     hold_out: str = "base",
+    restart: bool = False,
 ) -> pd.DataFrame:
     """Synthesise the grid `plan_grid` describes into `out_dir`; return its manifest.
 
@@ -382,7 +498,13 @@ def synthesize_grid(
     clips are skipped, so rerunning resumes. A clip that fails is left out of the
     manifest, listed with its error in `failures.csv` (and `manifest.attrs["failures"]`)
     and reported with a warning at the end; the other clips go on. `grid.json` records
-    the settings and the held-out voices, bases and texts (`held_out`).
+    the settings, the text ids and the held-out voices, bases and texts (`held_out`).
+
+    A folder that holds a grid made with other options raises `GridError` listing what
+    differs, and is left as it was, unless `restart=True`: then that grid is deleted and
+    the new one made. A full disk raises `DiskFull` at the first clip that does not fit,
+    keeping the clips made before it. A second run into a folder being written raises
+    `folders.FolderBusy`.
 
     >>> import tempfile
     >>> from subspaces.synth import sample_voices
@@ -403,13 +525,48 @@ def synthesize_grid(
     for name, engine in ENGINES.items():
         if name in used:
             engine.check_installed()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    _check_same_voices(out_dir, voices)
-    save_voices(voices, out_dir / "voices.json")
-    # A kill -9 can leave temporary clips behind; they never look finished, so remove them.
-    for stale in (out_dir / "audio").rglob(f"*{_PARTIAL_SUFFIX}") if (out_dir / "audio").is_dir() else []:
-        stale.unlink(missing_ok=True)
+    settings = {
+        "voices": len(voices), "texts": int(plan["content"].nunique()), "dense": dense, "per_voice": per_voice,
+        "min_per_text": min_per_text, "val_voices": val_voices if not isinstance(val_voices, (set, frozenset)) else sorted(val_voices),
+        "val_texts": val_texts if not isinstance(val_texts, (set, frozenset)) else sorted(val_texts),
+        "seed": seed, "channels": list(channels) if channels is not None else ["clean"], "keep_mixed": keep_mixed,
+        "hold_out": hold_out, "held_out": held_out, "sample_rate": SAMPLE_RATE,
+        "text_ids": [t.id for t in _as_texts(texts)],
+    }
+    settings = json.loads(json.dumps(settings, default=list))  # as grid.json holds them, to compare
+    with folder_lock(out_dir, "a synthesis run"):
+        if restart:
+            _remove_grid(out_dir)
+        else:
+            _check_same_voices(out_dir, voices)
+            differences = _differences(out_dir, settings, voices, plan)
+            if differences:
+                raise GridError(
+                    f"{out_dir} already holds a grid made with other options ({'; '.join(differences)}); rerun "
+                    "with its options to resume it, use a new folder, or pass restart=True (subspaces synth "
+                    "--restart) to delete that grid and make this one")
+        save_voices(voices, out_dir / BANK_NAME)
+        if not (out_dir / GRID_NAME).is_file():  # the clip counts follow once the grid is done
+            write_text_atomic(out_dir / GRID_NAME, json.dumps(settings | {"clips": None, "failed": None},
+                                                               indent=2) + "\n")
+        # A kill -9 can leave temporary clips behind; they never look finished, so remove them.
+        for stale in (out_dir / "audio").rglob(f"*{_PARTIAL_SUFFIX}") if (out_dir / "audio").is_dir() else []:
+            stale.unlink(missing_ok=True)
+        manifest, failure_table = _synthesize(plan, voices, out_dir, workers)
+        settings |= {"clips": len(manifest), "failed": len(failure_table)}
+        write_text_atomic(out_dir / GRID_NAME, json.dumps(settings, indent=2) + "\n")
+    manifest.attrs["root"] = str(out_dir.resolve())
+    manifest.attrs["failures"] = failure_table
+    manifest.attrs["held_out"] = held_out
+    if len(failure_table):
+        warnings.warn(f"{len(failure_table)} of {len(plan)} clips failed and are left out of the manifest; "
+                      f"see {out_dir / FAILURES_NAME}", stacklevel=2)
+    return manifest
 
+
+def _synthesize(plan: pd.DataFrame, voices: list[Voice], out_dir: Path,
+                workers: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Make the plan's clips; write failures.csv and the manifest; return both tables."""
     by_speaker = {v.speaker: v for v in voices}
     tasks: list[_Task] = []
     rows_of_task: list[list[int]] = []
@@ -426,6 +583,11 @@ def synthesize_grid(
             i = futures[future]
             try:
                 frames[rows_of_task[i]] = future.result()
+            except _NotWritten as stop:
+                # The folder takes no more clips: drop the queued work, let the running
+                # clips end (their temporary files removed), and keep what is finished.
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise stop.error
             except Exception as error:  # any engine or channel failure is recorded, not fatal
                 for row in rows_of_task[i]:
                     failures.append({**plan.loc[row, ["utt_id", "speaker", "content", "channel", "source", "text"]],
@@ -449,19 +611,4 @@ def synthesize_grid(
             f"(all are in {failure_path})"
         )
     write_manifest(manifest, out_dir / MANIFEST_NAME)
-    settings = {
-        "voices": len(voices), "texts": int(plan["content"].nunique()), "dense": dense, "per_voice": per_voice,
-        "min_per_text": min_per_text, "val_voices": val_voices if not isinstance(val_voices, (set, frozenset)) else sorted(val_voices),
-        "val_texts": val_texts if not isinstance(val_texts, (set, frozenset)) else sorted(val_texts),
-        "seed": seed, "channels": list(channels) if channels is not None else ["clean"], "keep_mixed": keep_mixed,
-        "hold_out": hold_out, "held_out": held_out,
-        "sample_rate": SAMPLE_RATE, "clips": len(manifest), "failed": len(failure_table),
-    }
-    write_text_atomic(out_dir / "grid.json", json.dumps(settings, indent=2, default=list) + "\n")
-    manifest.attrs["root"] = str(out_dir.resolve())
-    manifest.attrs["failures"] = failure_table
-    manifest.attrs["held_out"] = held_out
-    if failures:
-        warnings.warn(f"{len(failure_table)} of {len(plan)} clips failed and are left out of the manifest; "
-                      f"see {failure_path}", stacklevel=2)
-    return manifest
+    return manifest, failure_table
