@@ -88,3 +88,19 @@ def test_the_top_level_names_are_the_entry_points():
     assert callable(subspaces.train) and subspaces.train.__module__ == "subspaces.training"
     with pytest.raises(AttributeError):
         subspaces.no_such_name
+
+
+@pytest.mark.parametrize("verb", ["encode", "extract", "train", "evaluate", "embed", "verify", "score", "calibrate"])
+def test_every_verb_that_computes_takes_a_device_and_refuses_one_it_lacks(verb, capsys):
+    import torch
+
+    argv = {"encode": ["encode", "a.wav"], "extract": ["extract", "m.csv", "--out", "o"],
+            "train": ["train", "--features", "f", "--manifest", "m.csv", "--out", "o"],
+            "evaluate": ["evaluate", "--model", "m", "--out", "o"], "embed": ["embed", "a.wav", "--out", "x.npz"],
+            "verify": ["verify", "a.wav", "b.wav"], "score": ["score", "--trials", "t.txt", "--out", "s.txt"],
+            "calibrate": ["calibrate", "m"]}[verb]
+    assert cli.main([*argv, "--device", "tpu"]) == 1
+    assert capsys.readouterr().err == "error: --device 'tpu': expected cpu, cuda or cuda:N\n"
+    if not torch.cuda.is_available():
+        assert cli.main([*argv, "--device", "cuda"]) == 1
+        assert "error: --device 'cuda', but torch finds no usable CUDA GPU here" in capsys.readouterr().err

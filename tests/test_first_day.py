@@ -271,3 +271,21 @@ def test_rebuilding_the_shipped_model_gives_its_scores(tmp_path):
     print(f"check_pretrained: {time.perf_counter() - started:.0f} s, largest score differences {differences}")
     assert set(differences) == {"speaker", "content"}
     assert all(value <= SCORE_TOLERANCE for value in differences.values()), differences
+
+
+def test_evaluate_takes_a_kaldi_trial_list_of_utterance_ids_for_any_corpus(tmp_path, capsys):
+    from subspaces.corpora import read_fsdd
+
+    table = read_fsdd(limit_per_speaker_digit=2, seed=0)
+    first = table.groupby("speaker").head(2)  # two clips of each of the 6 speakers
+    ids = first["utt_id"].tolist()
+    speaker = dict(zip(first["utt_id"], first["speaker"]))
+    lines = [f"{a} {b} {'target' if speaker[a] == speaker[b] else 'nontarget'}"
+             for i, a in enumerate(ids) for b in ids[i + 1:]]
+    (tmp_path / "trials.txt").write_text("\n".join(lines) + "\n")
+    code = main(["evaluate", "--model", DEFAULT_MODEL, "--corpus", "fsdd", "--limit-per-speaker-digit", "2",
+                 "--trials", str(tmp_path / "trials.txt"), "--out", str(tmp_path / "report")])
+    assert code == 0, capsys.readouterr().err
+    metrics = json.loads((tmp_path / "report" / "metrics.json").read_text())
+    counts = metrics["systems"]["ours: speaker subspace"]["verification"]["all"]
+    assert (counts["targets"], counts["nontargets"]) == (6, len(lines) - 6)

@@ -99,3 +99,46 @@ def test_an_engine_outside_the_table_is_unknown():
     assert "sine" not in ENGINES
     with pytest.raises(VoiceError, match=r"unknown TTS engine 'sine'; choose one of espeak-ng, flite, kokoro, piper, command"):
         Voice("sine", {"hz": 220})
+
+
+INTERRUPTED_RUN = """
+import os, signal, sys, threading, time
+sys.path.insert(0, {tests!r})
+from test_synth_engines import SineEngine
+from subspaces.synth import ENGINES, Text, Voice, synthesize_grid
+
+class SlowSine(SineEngine):
+    def synthesize(self, voice, text):
+        time.sleep(0.1)
+        return super().synthesize(voice, text)
+
+ENGINES["sine"] = SlowSine()
+voices = [Voice("sine", {{"hz": 100.0 + 10 * i}}) for i in range(4)]
+texts = [Text(f"w{{i}}", f"word{{i}}") for i in range(100)]
+threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGINT)).start()
+try:
+    synthesize_grid(voices, texts, {out!r}, workers=2)
+except KeyboardInterrupt:
+    sys.exit(130)
+"""
+
+
+def test_ctrl_c_drops_the_queued_clips_and_a_rerun_finishes_them(tmp_path, monkeypatch):
+    import subprocess
+    import sys
+
+    out = tmp_path / "grid"
+    script = INTERRUPTED_RUN.format(tests=str(Path(__file__).parent), out=str(out))
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 130, done.stderr
+    written = len(list(out.rglob("*.flac")))
+    # 400 clips queued at 0.1 s each on 2 workers would take 20 s: after Ctrl-C at 1 s only the
+    # texts already running finish.
+    assert 0 < written < 100 and not (out / "manifest.csv").exists()
+    assert not list(out.rglob("*.partial")) and not (out / ".lock").exists()
+    monkeypatch.setitem(ENGINES, "sine", SineEngine())
+    from subspaces.synth import Text
+
+    table = synthesize_grid([Voice("sine", {"hz": 100.0 + 10 * i}) for i in range(4)],
+                            [Text(f"w{i}", f"word{i}") for i in range(100)], out, workers=2)
+    assert len(table) == 400

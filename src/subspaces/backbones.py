@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from .audio import DEFAULT_MAX_DURATION_S, AudioError, load_audio
+from .devices import check_device
 from .errors import SubspacesError
 from .paths import cache_dir
 from .whisper import (
@@ -406,6 +407,7 @@ def load_backbone(
     Traceback (most recent call last):
     BackboneUnavailable: 'no-such-model' is not a local folder, ...
     """
+    device = check_device(device, "device")
     if precision not in PRECISIONS:
         raise BackboneError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     backbone = _resolve(str(name_or_path), allow_download)

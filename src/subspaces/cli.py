@@ -19,6 +19,8 @@ import numpy as np
 from . import __version__
 from .errors import SubspacesError
 
+# The verbs that run a backbone or a model, and so take --device.
+DEVICE_VERBS = ("encode", "extract", "train", "evaluate", "embed", "verify", "score", "enroll", "identify", "calibrate")
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif", ".opus")
 
 
@@ -49,7 +51,8 @@ def cmd_encode(args: argparse.Namespace) -> int:
     if out is not None and (out.suffix != ".npz" or out.is_dir()):
         raise SubspacesError(f"--out {out}: give a file name ending in .npz (the vectors are written as one .npz)")
     files = _audio_files(args.inputs)
-    backbone = load_backbone(args.backbone, allow_download=args.allow_download, precision=args.precision)
+    backbone = load_backbone(args.backbone, allow_download=args.allow_download, precision=args.precision,
+                             device=args.device)
     info = backbone.describe()
     print(f"{info['name']} ({info['family']}, {info['revision']}): {info['num_layers']} hidden states "
           f"x {info['width']}, {info['frame_rate']:g} frames/s, {info['precision']}")
@@ -164,7 +167,8 @@ def cmd_extract(args: argparse.Namespace) -> int:
     from .backbones import load_backbone
     from .features import FeatureStore, extract_features
 
-    backbone = load_backbone(args.backbone, allow_download=args.allow_download, precision=args.precision)
+    backbone = load_backbone(args.backbone, allow_download=args.allow_download, precision=args.precision,
+                             device=args.device)
     layers = [int(x) for x in _csv_list(args.layers)] if args.layers else None
     out = extract_features(args.manifest, backbone, args.out, layers=layers, pooling=_csv_list(args.pooling),
                            batch_seconds=args.batch_seconds, workers=args.workers, shard=_parse_shard(args.shard))
@@ -195,8 +199,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.steps is not None and args.steps < 1:
         raise TrainError(f"--steps must be a positive number of training steps, got {args.steps}")
     config = load_recipe(args.recipe)
-    if args.steps is not None:
-        config = TrainConfig.from_dict({**config.to_dict(), "steps": args.steps}, source=config.source)
+    overrides = {key: value for key, value in (("steps", args.steps), ("device", args.device)) if value is not None}
+    if overrides:
+        config = TrainConfig.from_dict({**config.to_dict(), **overrides}, source=config.source)
     table = read_manifest(args.manifest)
     features = load_features(args.features, table, pooling=config.pooling)
     info = FeatureStore(args.features).info
@@ -222,7 +227,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
         if args.corpus or args.trials or args.official_split:
             raise SubspacesError("--suite scores its own corpora; drop --corpus/--trials/--official-split, or drop --suite")
-        evaluate_suite(args.model, args.suite, out, max_trials=args.max_trials)
+        evaluate_suite(args.model, args.suite, out, max_trials=args.max_trials, device=args.device)
         print(f"report: {out / 'report.md'}")
         return 0
     args.corpus = args.corpus or "fsdd"
@@ -236,7 +241,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     trial_list = read_trials(args.trials) if args.trials else None
     official = args.official_split or kind.startswith("speech-commands")
     runs, _, markdown = evaluate_models(args.model, table, out, name=args.corpus, max_trials=args.max_trials,
-                                     trial_list=trial_list, official_split=official)
+                                     trial_list=trial_list, official_split=official, device=args.device)
     print(markdown)
     print(f"report: {out / ('report.md' if len(runs) == 1 else 'summary.md')}")
     return 0
@@ -266,7 +271,8 @@ def cmd_embed(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise SubspacesError(f"--batch-size must be a positive integer, got {args.batch_size}")
     files = _audio_files(args.inputs)
-    encoder = load_model(args.model, allow_download=args.allow_download, allow_unfinished=args.allow_unfinished)
+    encoder = load_model(args.model, allow_download=args.allow_download, allow_unfinished=args.allow_unfinished,
+                         device=args.device)
     readable, waves, failed = [], [], []
     for path in files:
         try:
@@ -317,7 +323,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from .inference import load_model, read_thresholds
 
     model, (a, b) = _model_and_inputs(args.inputs, 2, exactly=True)
-    encoder = load_model(model, allow_download=args.allow_download, allow_unfinished=args.allow_unfinished)
+    encoder = load_model(model, allow_download=args.allow_download, allow_unfinished=args.allow_unfinished,
+                         device=args.device)
     score, same = encoder.verify(a, b, subspace=args.subspace)
     record = read_thresholds(model)[args.subspace]
     print(f"score {score:.4f}  threshold {record['threshold']:.4f} ({record['operating_point']} on "
@@ -360,7 +367,7 @@ def cmd_score(args: argparse.Namespace) -> int:
 
         manifest = read_manifest(args.corpus) if Path(args.corpus).suffix in (".csv", ".parquet") else load_corpus(args.corpus)
     resolve = resolver(root=args.root, wav_scp=read_wav_scp(args.wav_scp) if args.wav_scp else None, manifest=manifest)
-    encoder = load_model(args.model, allow_download=args.allow_download)
+    encoder = load_model(args.model, allow_download=args.allow_download, device=args.device)
     scored = score_trials(encoder, trials, resolve, subspace=args.subspace, batch_size=args.batch_size)
     out = write_scores(args.out, scored)
     labelled = scored[scored["label"] >= 0]
@@ -375,7 +382,7 @@ def _speaker_database(args: argparse.Namespace, *, create: bool):
     from .inference import load_model
     from .speakers import INDEX_FILE, SpeakerDatabase
 
-    encoder = load_model(args.model, allow_download=args.allow_download)
+    encoder = load_model(args.model, allow_download=args.allow_download, device=args.device)
     if (Path(args.db) / INDEX_FILE).is_file():
         return SpeakerDatabase.load(args.db, encoder)
     if not create:
@@ -421,7 +428,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
             raise SubspacesError(f"{args.corpus}: no rows with split {args.split!r}")
     record = calibrate_model(args.model, table, subspace=args.subspace, operating_point=args.operating_point,
                              data=f"{args.corpus}" + (f", split {args.split}" if args.split else ""),
-                             allow_unfinished=args.allow_unfinished)
+                             allow_unfinished=args.allow_unfinished, device=args.device)
     print(f"{args.subspace} threshold {record['threshold']:.4f} at {record['operating_point']} "
           f"(p_miss {record['p_miss']:.3f}, p_fa {record['p_fa']:.3f}) stored in {args.model}")
     return 0
@@ -636,6 +643,11 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--allow-unfinished", action="store_true",
                         help="use a model whose training did not finish (marked UNFINISHED)")
     export.set_defaults(func=cmd_export)
+    for name, sub in verbs.choices.items():
+        if name in DEVICE_VERBS:
+            sub.add_argument("--device", default=None if name == "train" else "cpu",
+                             help="cpu, cuda or cuda:N" + (" (default: the recipe's)" if name == "train" else
+                                                           " (default: cpu)"))
     return parser
 
 
@@ -654,6 +666,10 @@ def main(argv: list[str] | None = None) -> int:
         with warnings.catch_warnings():
             # A warning is one line, as an error is (e.g. "warning: a.wav: digital silence ...").
             warnings.showwarning = lambda message, *_, **__: print(f"warning: {message}", file=sys.stderr)
+            if getattr(args, "device", None):
+                from .devices import check_device
+
+                check_device(args.device, "--device")  # before any file is read
             return args.func(args)
     except SubspacesError as error:
         print(f"error: {error}", file=sys.stderr)

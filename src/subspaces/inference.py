@@ -28,9 +28,9 @@ then on. Both refuse a threshold from fewer than `MIN_TARGET_TRIALS` target and
 from __future__ import annotations
 
 import json
-import re
 import math
 import numbers
+import re
 import warnings
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -43,10 +43,12 @@ import torch
 from .atomic import write_text_atomic
 from .audio import resample
 from .backbones import Backbone, load_backbone, pooled_input
+from .devices import check_device
 from .errors import SubspacesError
 from .folders import unfinished
 from .metrics import det_curve, eer_with_threshold
 from .model import CONFIG_FILE, WEIGHTS_FILE, SubspaceModel
+from .progress import progress_bar
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -98,6 +100,8 @@ def _check_model_folder(folder: Path) -> None:
 # The longest file `SubspaceEncoder.read` decodes (longer than the backbone's window is
 # encoded in windows); a guard against decoding an hour of audio by mistake.
 LONGEST_CLIP_S = 600.0
+# Embedding more clips than this at once shows progress (calibrate, score, enroll do).
+PROGRESS_FROM = 64
 # Models shipped in the package, loadable by name (`load_model("whisper-base-subspaces")`);
 # each folder's README.md is its model card (what it scored, on what, and how it was made).
 PRETRAINED_FOLDER = Path(__file__).parent / "data" / "pretrained"
@@ -154,6 +158,7 @@ def load_model(
     Traceback (most recent call last):
     InferenceError: no/such/model: no such model folder (expected config.json + model.safetensors)
     """
+    check_device(device, "device")
     folder = model_folder(name_or_dir, allow_download=allow_download)
     _check_model_folder(folder)
     stopped_at = unfinished(folder)
@@ -400,12 +405,16 @@ class SubspaceEncoder:
         pieces = [(index, piece) for index, clip in enumerate(clips) for piece in self._windows(clip)]
         order = np.argsort([len(piece) for _, piece in pieces], kind="stable")
         frames: list[list[torch.Tensor]] = [[] for _ in clips]  # per clip: float[L, T, D] of each window
+        # Progress (a bar in a terminal, a line every few seconds in a log) for long lists only.
+        bar = progress_bar(total=len(pieces), desc="embed", unit="clip", enabled=len(pieces) > PROGRESS_FROM)
         for start in range(0, len(order), batch_size):
             chosen = order[start : start + batch_size]
             output = self.backbone.encode([pieces[i][1] for i in chosen])
             states = output.hidden_states[self.layers]
             for column, position in enumerate(chosen):
                 frames[pieces[position][0]].append(states[:, column, : int(output.num_frames[column])].cpu())
+            bar.update(len(chosen))
+        bar.close()
         rows = []
         for windows in frames:
             joined = torch.cat(windows, dim=1)[:, None]  # float[L, 1, T, D]

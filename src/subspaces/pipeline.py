@@ -196,7 +196,7 @@ def evaluate_model(
     model_dir: str | Path, corpus: pd.DataFrame, features_dir: str | Path, report_dir: str | Path, *,
     backbone: Backbone | None = None, max_trials: int | None = None, seed: int = 0, title: str = "Evaluation",
     baseline: bool = True, trial_list: pd.DataFrame | None = None, official_split: bool = False,
-    store_manifest: pd.DataFrame | None = None,
+    store_manifest: pd.DataFrame | None = None, device: str = "cpu",
 ) -> dict:
     """Evaluate a trained model on a corpus manifest, beside every raw backbone layer and
     (when `baseline` and the package is installed) Resemblyzer's GE2E d-vector.
@@ -210,7 +210,7 @@ def evaluate_model(
     `corpus` (and maybe more) whose features the store keeps, so that a subset can be
     scored without extracting again. Returns the results.
     """
-    encoder = load_model(model_dir, backbone=backbone)
+    encoder = load_model(model_dir, backbone=backbone, device=device)
     model, backbone = encoder.model, encoder.backbone
     extract_features(corpus if store_manifest is None else store_manifest, backbone, features_dir,
                      pooling=STORED_POOLING)
@@ -273,6 +273,7 @@ def evaluate_models(
 def calibrate_model(
     model_dir: str | Path, corpus: pd.DataFrame, *, subspace: str = "speaker", operating_point: str = "eer",
     max_trials: int | None = 200_000, seed: int = 0, data: str = "", allow_unfinished: bool = False,
+    device: str = "cpu",
 ) -> dict:
     """Store a verification threshold for `subspace` in the model folder, chosen on the
     trials of a labelled corpus (all pairs, or a seeded sample of `max_trials`); with a
@@ -289,7 +290,7 @@ def calibrate_model(
     from .inference import calibrate_threshold, check_trial_counts, load_model
     from .manifest import audio_paths
 
-    encoder = load_model(model_dir, allow_unfinished=allow_unfinished)
+    encoder = load_model(model_dir, allow_unfinished=allow_unfinished, device=device)
     if subspace not in encoder.subspaces:
         raise PipelineError(f"{model_dir}: no subspace {subspace!r}; it has {', '.join(encoder.subspaces)}")
     trials = make_trials(corpus, max_trials=max_trials, seed=seed)

@@ -102,7 +102,7 @@ def suite_corpus(suite: str) -> pd.DataFrame:
 
 def evaluate_suite(
     model_dirs: Sequence[str | Path], suite: str, out_dir: str | Path, *, max_trials: int | None = None,
-    seed: int = 0, baseline: bool = True, backbone: Backbone | None = None,
+    seed: int = 0, baseline: bool = True, backbone: Backbone | None = None, device: str = "cpu",
 ) -> dict:
     """Evaluate models on every corpus of a suite and write, under `out_dir`:
 
@@ -136,7 +136,7 @@ def evaluate_suite(
         table = read_manifest(folder / "manifest.csv")
         runs, summary, markdown = evaluate_models(
             model_dirs, table, folder, name=f"{suite} suite, {name}", max_trials=max_trials, seed=seed,
-            baseline=baseline, backbone=backbone, store_manifest=everything)
+            baseline=baseline, backbone=backbone, store_manifest=everything, device=device)
         results["corpora"][name] = runs[0] if summary is None else {"systems": summary, "runs": len(runs)}
         dropped = len(everything) - len(table)
         note = f"; {dropped} clips of folders credited to two people left out" if dropped else ""

@@ -73,7 +73,6 @@ import gc
 import math
 import os
 import pickle
-import re
 import shutil
 import tomllib
 import zipfile
@@ -90,6 +89,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from .atomic import check_disk_full, write_text_atomic
+from .devices import DEVICE_PATTERN, DeviceError, check_device
 from .errors import SubspacesError
 from .folders import folder_lock, mark_finished, mark_unfinished
 from .losses import interventional_loss
@@ -103,8 +103,6 @@ SELECTIONS = ("best", "last")
 # What "best" is judged by; see the module docstring.
 SELECT_BY = ("loss", "eer")
 STATE_FILE = "training_state.pt"
-# The devices a recipe may name: the CPU, or a CUDA GPU (the current one, or one by index).
-DEVICE_PATTERN = re.compile(r"cpu|cuda(:\d+)?")
 
 
 class TrainError(SubspacesError, ValueError):
@@ -590,20 +588,10 @@ def _train(
 
 def _check_device(config: TrainConfig) -> None:
     """Refuse a CUDA `config.device` this machine does not have, naming the recipe."""
-    device = torch.device(config.device)
-    if device.type != "cuda":
-        return
-    if not torch.cuda.is_available():
-        raise TrainError(
-            f"{config.source}: device = {config.device!r}, but torch finds no usable CUDA GPU here "
-            f"(torch {torch.__version__}, CUDA build {torch.version.cuda or 'none'}); "
-            'set device = "cpu" or run on a machine with a GPU'
-        )
-    if device.index is not None and device.index >= torch.cuda.device_count():
-        raise TrainError(
-            f"{config.source}: device = {config.device!r}, but this machine has {torch.cuda.device_count()} GPU(s) "
-            f"(cuda:0..cuda:{torch.cuda.device_count() - 1})"
-        )
+    try:
+        check_device(config.device, f"{config.source}: device =")
+    except DeviceError as error:
+        raise TrainError(str(error)) from None
 
 
 def _join_torchrun_group(config: TrainConfig) -> bool:

@@ -579,19 +579,25 @@ def _synthesize(plan: pd.DataFrame, voices: list[Voice], out_dir: Path,
     failures = []
     with ThreadPoolExecutor(max_workers=workers) as pool:
         futures = {pool.submit(_run_task, task): i for i, task in enumerate(tasks)}
-        for future in progress_bar(as_completed(futures), total=len(futures), desc="synthesising", unit="text"):
-            i = futures[future]
-            try:
-                frames[rows_of_task[i]] = future.result()
-            except _NotWritten as stop:
-                # The folder takes no more clips: drop the queued work, let the running
-                # clips end (their temporary files removed), and keep what is finished.
-                pool.shutdown(wait=True, cancel_futures=True)
-                raise stop.error
-            except Exception as error:  # any engine or channel failure is recorded, not fatal
-                for row in rows_of_task[i]:
-                    failures.append({**plan.loc[row, ["utt_id", "speaker", "content", "channel", "source", "text"]],
-                                     "error": f"{type(error).__name__}: {error}"})
+        try:
+            for future in progress_bar(as_completed(futures), total=len(futures), desc="synthesising", unit="text"):
+                i = futures[future]
+                try:
+                    frames[rows_of_task[i]] = future.result()
+                except _NotWritten as stop:
+                    # The folder takes no more clips: drop the queued work, let the running
+                    # clips end (their temporary files removed), and keep what is finished.
+                    pool.shutdown(wait=True, cancel_futures=True)
+                    raise stop.error
+                except Exception as error:  # any engine or channel failure is recorded, not fatal
+                    for row in rows_of_task[i]:
+                        failures.append({**plan.loc[row, ["utt_id", "speaker", "content", "channel", "source", "text"]],
+                                         "error": f"{type(error).__name__}: {error}"})
+        except KeyboardInterrupt:
+            # Ctrl-C: drop the queued texts at once; only those already running finish (finished
+            # clips are kept, and a rerun resumes from them).
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
 
     manifest = plan.loc[frames > 0].copy()
     manifest["duration_s"] = frames[frames > 0] / SAMPLE_RATE
