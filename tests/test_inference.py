@@ -299,3 +299,17 @@ def test_a_model_on_the_hub_loads_from_the_local_cache_and_is_never_fetched_unas
     assert encoder.folder == snapshot and set(encoder.subspaces) == {"speaker", "content"}
     with pytest.raises(InferenceError, match="not in the local Hugging Face cache|allow_download"):
         model_folder("someone/not-cached")
+
+
+def test_verify_without_a_threshold_fails_before_loading_the_backbone(tmp_path, tiny_whisper, monkeypatch, capsys):
+    from subspaces import inference
+    from subspaces.cli import main
+
+    folder = make_model(tmp_path / "model", tiny_whisper)
+    loads = []
+    monkeypatch.setattr(inference, "load_backbone", lambda *a, **k: loads.append(a) or tiny_whisper)
+    path = str(fsdd_paths()[0])
+    assert main(["verify", str(folder), path, path]) == 1
+    err = capsys.readouterr().err
+    assert "no decision threshold calibrated for the 'speaker' subspace" in err and "--corpus dev" in err
+    assert loads == []  # refused from thresholds.json alone, before seconds of backbone loading

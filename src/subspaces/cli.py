@@ -320,9 +320,13 @@ def cmd_embed(args: argparse.Namespace) -> int:
 def cmd_verify(args: argparse.Namespace) -> int:
     """Score two recordings in a subspace and decide same / different speaker, with a model
     (default: the shipped one) and the threshold calibrated for it."""
-    from .inference import load_model, read_thresholds
+    from .inference import load_model, model_folder, read_thresholds, stored_threshold
 
     model, (a, b) = _model_and_inputs(args.inputs, 2, exactly=True)
+    if (model_folder(model) / "config.json").is_file():
+        with warnings.catch_warnings():  # warned of once, when verify reads it again below
+            warnings.simplefilter("ignore")
+            stored_threshold(model, args.subspace)  # refuse before the backbone takes seconds to load
     encoder = load_model(model, allow_download=args.allow_download, allow_unfinished=args.allow_unfinished,
                          device=args.device)
     score, same = encoder.verify(a, b, subspace=args.subspace)

@@ -64,6 +64,7 @@ __all__ = [
     "pretrained_models",
     "load_model",
     "read_thresholds",
+    "stored_threshold",
 ]
 
 THRESHOLDS_FILE = "thresholds.json"
@@ -305,6 +306,36 @@ def calibrate_threshold(
     return record
 
 
+def stored_threshold(model_dir: str | Path, subspace: str = "speaker") -> float:
+    """The calibrated decision threshold of `subspace` in a model folder (or shipped name);
+    raises saying how to calibrate if none, or if it was chosen on too few trials; warns if
+    its record does not say on how many. Reads no weights, so a CLI can check it first."""
+    folder = model_folder(model_dir)
+    record = read_thresholds(folder).get(subspace)
+    calibrate = (f"`subspaces calibrate {folder} --corpus dev`, or calibrate_threshold("
+                 f"{str(folder)!r}, scores, labels, operating_point='eer', subspace={subspace!r})")
+    if record is None:
+        raise InferenceError(
+            f"{folder}: no decision threshold calibrated for the {subspace!r} subspace. Score labelled "
+            f"trials (the dev suite, never the test set) and store one: {calibrate}"
+        )
+    path = folder / THRESHOLDS_FILE
+    counts = record.get("num_target_trials"), record.get("num_nontarget_trials")
+    if counts == (None, None):
+        # Records written before the counts were kept: they may be sound, so warn only.
+        warnings.warn(f"{path}: the {subspace!r} threshold does not record how many trials it was calibrated "
+                      f"on, so it may rest on too few; calibrate again to be sure: {calibrate}", stacklevel=2)
+    elif not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in counts):
+        raise InferenceError(f"{path}: the {subspace!r} record's num_target_trials and num_nontarget_trials "
+                             f"must be counts, got {counts[0]!r} and {counts[1]!r}; calibrate again: {calibrate}")
+    else:
+        try:
+            check_trial_counts(*counts, f"{path} (the {subspace!r} threshold)")
+        except InferenceError as error:
+            raise InferenceError(f"{error}, e.g. {calibrate}") from None
+    return float(record["threshold"])
+
+
 class SubspaceEncoder:
     """A trained subspace model and its frozen backbone: audio in, subspace vectors out.
 
@@ -436,31 +467,8 @@ class SubspaceEncoder:
         return {name: vectors.float().cpu().numpy() for name, vectors in self.model(features.to(device)).items()}
 
     def threshold(self, subspace: str = "speaker") -> float:
-        """The calibrated decision threshold of `subspace`; raises saying how to calibrate if none,
-        or if it was chosen on too few trials; warns if its record does not say on how many."""
-        record = read_thresholds(self.folder).get(subspace)
-        calibrate = (f"`subspaces calibrate {self.folder} --corpus dev`, or calibrate_threshold("
-                     f"{str(self.folder)!r}, scores, labels, operating_point='eer', subspace={subspace!r})")
-        if record is None:
-            raise InferenceError(
-                f"{self.folder}: no decision threshold calibrated for the {subspace!r} subspace. Score labelled "
-                f"trials (e.g. FSDD) and store one: {calibrate}"
-            )
-        path = self.folder / THRESHOLDS_FILE
-        counts = record.get("num_target_trials"), record.get("num_nontarget_trials")
-        if counts == (None, None):
-            # Records written before the counts were kept: they may be sound, so warn only.
-            warnings.warn(f"{path}: the {subspace!r} threshold does not record how many trials it was calibrated "
-                          f"on, so it may rest on too few; calibrate again to be sure: {calibrate}", stacklevel=2)
-        elif not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in counts):
-            raise InferenceError(f"{path}: the {subspace!r} record's num_target_trials and num_nontarget_trials "
-                                 f"must be counts, got {counts[0]!r} and {counts[1]!r}; calibrate again: {calibrate}")
-        else:
-            try:
-                check_trial_counts(*counts, f"{path} (the {subspace!r} threshold)")
-            except InferenceError as error:
-                raise InferenceError(f"{error}, e.g. {calibrate}") from None
-        return float(record["threshold"])
+        """The calibrated decision threshold of `subspace` (see `stored_threshold`)."""
+        return stored_threshold(self.folder, subspace)
 
     def verify(self, a: Audio, b: Audio, subspace: str = "speaker", *,
                sample_rate: int | None = None) -> tuple[float, bool]:
