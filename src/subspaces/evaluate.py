@@ -39,7 +39,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import SubspacesError
-from .metrics import eer, eer_of_curve, min_dcf, min_dcf_of_curve
+from .metrics import eer, eer_of_curve, min_dcf, min_dcf_of_curve, unit_rows
 
 __all__ = [
     "EvaluationError",
@@ -224,16 +224,6 @@ def trials_from_list(table: pd.DataFrame, trial_list: pd.DataFrame, key: str | N
     return _trial_frame(table, enroll, test, trial_list["label"].astype(int).to_numpy() == 1)
 
 
-def _unit(embeddings: np.ndarray) -> np.ndarray:
-    embeddings = np.asarray(embeddings, dtype=np.float64)
-    if embeddings.ndim != 2:
-        raise EvaluationError(f"embeddings must be a matrix float[N, D], got shape {embeddings.shape}")
-    norms = np.linalg.norm(embeddings, axis=1, keepdims=True)
-    if np.any(norms == 0) or not np.all(np.isfinite(embeddings)):
-        raise EvaluationError("embeddings contain an all-zero or non-finite vector; cosine scoring is undefined")
-    return embeddings / norms
-
-
 def cosine_scores(embeddings: np.ndarray, trials: pd.DataFrame) -> np.ndarray:
     """Cosine similarity of each trial's two embeddings: float64[T] for embeddings
     float[N, D], gathered `SCORE_CHUNK` trials at a time (memory does not grow with T x D).
@@ -242,7 +232,7 @@ def cosine_scores(embeddings: np.ndarray, trials: pd.DataFrame) -> np.ndarray:
     >>> cosine_scores(np.array([[1.0, 0.0], [2.0, 0.0], [0.0, 3.0]]), trials).tolist()
     [1.0, 0.0]
     """
-    unit = _unit(embeddings)
+    unit = unit_rows(embeddings)
     enroll, test = trials["enroll"].to_numpy(), trials["test"].to_numpy()
     scores = np.empty(len(enroll))
     for start in range(0, len(enroll), SCORE_CHUNK):
@@ -337,7 +327,7 @@ def verification_all_pairs(
         raise EvaluationError(f"{len(embeddings)} embeddings for {n} manifest rows")
     if bins < 2:
         raise EvaluationError(f"bins must be at least 2, got {bins}")
-    unit = _unit(embeddings).astype(np.float32)
+    unit = unit_rows(embeddings).astype(np.float32)
     speaker = _codes(table["speaker"], empty_is_unknown=False)
     content = _codes(table["content"])
     languages = _language_codes(table)

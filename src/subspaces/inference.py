@@ -46,7 +46,7 @@ from .backbones import Backbone, load_backbone, pooled_input
 from .devices import check_device
 from .errors import SubspacesError
 from .folders import unfinished
-from .metrics import det_curve, eer_with_threshold
+from .metrics import det_curve, eer_with_threshold, unit_rows
 from .model import CONFIG_FILE, WEIGHTS_FILE, SubspaceModel
 from .progress import progress_bar
 
@@ -60,6 +60,7 @@ __all__ = [
     "SubspaceEncoder",
     "calibrate_threshold",
     "check_trial_counts",
+    "clip_name",
     "model_folder",
     "pretrained_models",
     "load_model",
@@ -306,6 +307,11 @@ def calibrate_threshold(
     return record
 
 
+def clip_name(audio: Audio, index: int) -> str:
+    """How messages name a clip: its path, or its place in the list for an array."""
+    return str(audio) if isinstance(audio, (str, Path)) else f"clip {index} (an array)"
+
+
 def stored_threshold(model_dir: str | Path, subspace: str = "speaker") -> float:
     """The calibrated decision threshold of `subspace` in a model folder (or shipped name);
     raises saying how to calibrate if none, or if it was chosen on too few trials; warns if
@@ -482,9 +488,7 @@ class SubspaceEncoder:
         if subspace not in self.subspaces:
             raise InferenceError(f"no subspace {subspace!r} in this model; it has {', '.join(self.subspaces)}")
         threshold = self.threshold(subspace)
-        vectors = self.embed([a, b], sample_rate=sample_rate)[subspace].astype(np.float64)
-        norms = np.linalg.norm(vectors, axis=1)
-        if np.any(norms == 0):
-            raise InferenceError(f"a clip has a zero {subspace} vector; its cosine score is undefined")
-        score = float(vectors[0] @ vectors[1] / (norms[0] * norms[1]))
+        names = [clip_name(clip, i) for i, clip in enumerate((a, b))]
+        vectors = unit_rows(self.embed([a, b], sample_rate=sample_rate)[subspace], names, f"{subspace} vector")
+        score = float(vectors[0] @ vectors[1])
         return score, score >= threshold

@@ -37,6 +37,7 @@ __all__ = [
     "min_dcf",
     "min_dcf_of_curve",
     "s_norm",
+    "unit_rows",
 ]
 
 
@@ -45,6 +46,26 @@ class MetricsError(SubspacesError, ValueError):
 
 
 ArrayLike = Sequence[float] | np.ndarray
+
+
+def unit_rows(vectors: np.ndarray, names: Sequence[str] | None = None, what: str = "vector") -> np.ndarray:
+    """float64 rows of `vectors` (float[N, D]) scaled to length 1, for cosine scores; an
+    all-zero or non-finite row has no direction, and raises naming it (by `names`, else
+    by index). Every cosine of the package is scored on these rows.
+
+    >>> unit_rows(np.array([[3.0, 4.0]])).tolist()
+    [[0.6, 0.8]]
+    """
+    vectors = np.asarray(vectors, dtype=np.float64)
+    if vectors.ndim != 2:
+        raise MetricsError(f"embeddings must be a matrix float[N, D], got shape {vectors.shape}")
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    bad = np.flatnonzero(~(np.isfinite(norms[:, 0]) & (norms[:, 0] > 0)))
+    if len(bad):
+        where = names[bad[0]] if names is not None else f"row {bad[0]}"
+        raise MetricsError(f"{where}: an all-zero or non-finite {what} ({len(bad)} such row(s)); "
+                           "cosine scoring is undefined for it")
+    return vectors / norms
 
 
 def _check_trials(scores: ArrayLike, labels: ArrayLike) -> tuple[np.ndarray, np.ndarray]:

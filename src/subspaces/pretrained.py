@@ -25,6 +25,7 @@ import numpy as np
 
 from .atomic import write_text_atomic
 from .errors import SubspacesError
+from .metrics import unit_rows
 from .inference import DEFAULT_MODEL, PRETRAINED_FOLDER, THRESHOLDS_FILE, load_model, read_thresholds
 from .model import CONFIG_FILE, WEIGHTS_FILE
 
@@ -58,8 +59,7 @@ def compare_models(a: str | Path, b: str | Path, clips: list[Path] | None = None
     for name in first.subspaces:
         scores = []
         for encoder in (first, second):
-            vectors = encoder.embed(clips)[name].astype(np.float64)
-            vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+            vectors = unit_rows(encoder.embed(clips)[name])
             scores.append(vectors @ vectors.T)
         out[name] = float(np.abs(scores[0] - scores[1]).max())
     return out

@@ -35,6 +35,7 @@ import pandas as pd
 
 from .atomic import write_atomic, write_text_atomic
 from .errors import SubspacesError
+from .metrics import unit_rows
 
 __all__ = [
     "ScoringError",
@@ -166,8 +167,8 @@ def score_trials(encoder, trials: pd.DataFrame, resolve: Callable[[str], Path], 
     if missing:
         raise ScoringError(f"{len(missing)} of the {len(files)} clips the trial list names are missing, e.g. "
                            f"{', '.join(missing[:3])}; give --root, --wav-scp or --corpus to say where they are")
-    vectors = encoder.embed(files, batch_size=batch_size)[subspace].astype(np.float64)
-    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    vectors = unit_rows(encoder.embed(files, batch_size=batch_size)[subspace], [str(f) for f in files],
+                        f"{subspace} vector")
     row = {name: i for i, name in enumerate(names)}
     enroll, test = trials["enroll"].map(row).to_numpy(), trials["test"].map(row).to_numpy()
     scored = trials.copy()

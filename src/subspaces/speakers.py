@@ -44,7 +44,8 @@ from safetensors.numpy import load_file, save_file
 
 from .atomic import write_atomic, write_text_atomic
 from .errors import SubspacesError
-from .inference import Audio, SubspaceEncoder
+from .inference import Audio, SubspaceEncoder, clip_name
+from .metrics import unit_rows
 from .model import SubspaceModel
 
 __all__ = [
@@ -90,22 +91,6 @@ def model_digest(model: SubspaceModel) -> str:
 
 def _matrix_digest(means: np.ndarray) -> str:
     return "sha256:" + hashlib.sha256(np.ascontiguousarray(means, dtype="<f4").tobytes()).hexdigest()[:16]
-
-
-def _unit_rows(vectors: np.ndarray, what: Sequence[str], subspace: str) -> np.ndarray:
-    """float64 rows of `vectors` scaled to length 1; a zero row (no direction, so no
-    cosine) raises naming its clip from `what`."""
-    vectors = vectors.astype(np.float64)
-    norms = np.linalg.norm(vectors, axis=1)
-    for norm, name in zip(norms, what):
-        if not norm > 0:
-            raise SpeakerDatabaseError(f"{name}: its {subspace} vector is zero, so it has no cosine score with "
-                                       "anything; use another clip")
-    return vectors / norms[:, None]
-
-
-def _clip_name(audio: Audio, index: int) -> str:
-    return str(audio) if isinstance(audio, (str, Path)) else f"clip {index} (an array)"
 
 
 class SpeakerDatabase:
@@ -160,7 +145,7 @@ class SpeakerDatabase:
     def _vectors(self, clips: Sequence[Audio], batch_size: int) -> np.ndarray:
         """float64[N, size] unit vectors of clips in this database's subspace."""
         vectors = self.encoder.embed(list(clips), batch_size=batch_size)[self.subspace]
-        return _unit_rows(vectors, [_clip_name(c, i) for i, c in enumerate(clips)], self.subspace)
+        return unit_rows(vectors, [clip_name(c, i) for i, c in enumerate(clips)], f"{self.subspace} vector")
 
     def _one(self, audio: Audio) -> np.ndarray:
         if isinstance(audio, (list, tuple)):
@@ -213,7 +198,7 @@ class SpeakerDatabase:
         if not self._means:
             raise SpeakerDatabaseError("the speaker database is empty: register speakers with "
                                        "register(name, files) before identifying a clip")
-        means = _unit_rows(self.means, self.names, self.subspace)
+        means = unit_rows(self.means, self.names, f"{self.subspace} vector")
         cosines = np.clip(means @ self._one(audio), -1.0, 1.0)
         return {name: float(score) for name, score in zip(self.names, cosines)}
 
