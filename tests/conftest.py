@@ -14,8 +14,12 @@ FSDD = Path(__file__).resolve().parents[1] / "src" / "subspaces" / "data" / "fsd
 
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):
-    """Converted models go to a per-session temporary cache, never the user's."""
+    """Converted models go to a per-session temporary cache, never the user's. Backbones
+    run in float32 whatever the CPU: "auto" would pick bfloat16 on CPUs with AVX512-BF16,
+    and the tests compare numbers that must not depend on the machine (the choice itself
+    is tested in test_precision.py, with this variable removed)."""
     monkeypatch.setenv("SUBSPACES_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+    monkeypatch.setenv("SUBSPACES_PRECISION", "float32")
 
 
 @pytest.fixture

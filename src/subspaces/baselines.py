@@ -29,6 +29,7 @@ import importlib
 import importlib.metadata
 import zipfile
 from collections.abc import Sequence
+from functools import lru_cache
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING
@@ -127,6 +128,38 @@ def _prepare(resemblyzer: ModuleType, path: Path) -> np.ndarray:
     return np.asarray(trimmed, dtype=np.float32)
 
 
+# Resemblyzer's hparams: 25 ms windows every 10 ms at 16 kHz, 40 mel bands.
+_MEL_WINDOW, _MEL_HOP, _MEL_BANDS = 400, 160, 40
+
+
+@lru_cache(maxsize=1)
+def _mel_filters() -> np.ndarray:
+    """float64[201, 40]: librosa's default mel filters (Slaney scale and area norm, 0 to 8 kHz)."""
+    from transformers.audio_utils import mel_filter_bank
+
+    return mel_filter_bank(num_frequency_bins=_MEL_WINDOW // 2 + 1, num_mel_filters=_MEL_BANDS, min_frequency=0.0,
+                           max_frequency=_SAMPLE_RATE / 2, sampling_rate=_SAMPLE_RATE, norm="slaney",
+                           mel_scale="slaney").astype(np.float64)
+
+
+def mel_frames(wave: np.ndarray) -> np.ndarray:
+    """Resemblyzer's mel spectrogram of a 16 kHz clip, float32[frames, 40]: what its
+    `wav_to_mel_spectrogram` gives (librosa's power mel spectrogram: periodic Hann windows
+    of 25 ms every 10 ms, centred with zero padding), computed with numpy, because librosa
+    compiles numba code on its first call, seconds on every fresh install.
+
+    >>> mel_frames(np.zeros(16000, dtype=np.float32)).shape
+    (101, 40)
+    """
+    half = _MEL_WINDOW // 2
+    padded = np.pad(np.asarray(wave, dtype=np.float64), (half, half))
+    frames = np.lib.stride_tricks.sliding_window_view(padded, _MEL_WINDOW)[::_MEL_HOP]
+    window = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(_MEL_WINDOW) / _MEL_WINDOW)  # periodic Hann
+    spectrum = np.fft.rfft(frames * window, axis=1)
+    power = spectrum.real ** 2 + spectrum.imag ** 2
+    return (power @ _mel_filters()).astype(np.float32)
+
+
 def _partial_mels(resemblyzer: ModuleType, encoder: torch.nn.Module, wave: np.ndarray) -> np.ndarray:
     """A preprocessed clip cut into Resemblyzer's 1.6 s partial utterances: float32[P, 160, 40].
 
@@ -136,7 +169,7 @@ def _partial_mels(resemblyzer: ModuleType, encoder: torch.nn.Module, wave: np.nd
     wav_slices, mel_slices = encoder.compute_partial_slices(len(wave), rate=_PARTIAL_RATE, min_coverage=_MIN_COVERAGE)
     if wav_slices[-1].stop >= len(wave):
         wave = np.pad(wave, (0, wav_slices[-1].stop - len(wave)))
-    mel = resemblyzer.wav_to_mel_spectrogram(wave)
+    mel = mel_frames(wave)
     return np.stack([mel[s] for s in mel_slices])
 
 

@@ -471,7 +471,8 @@ def build_parser() -> argparse.ArgumentParser:
     encode.add_argument("--backbone", default="whisper-base",
                         help="whisper-base, whisper-tiny.en, a local model folder, or a hub id (default: whisper-base)")
     encode.add_argument("--allow-download", action="store_true", help="allow fetching a hub id from the Hugging Face hub")
-    encode.add_argument("--precision", default="float32", choices=["float32", "bfloat16"])
+    encode.add_argument("--precision", default="auto", choices=["auto", "float32", "bfloat16"],
+                         help="auto (default): bfloat16 on CPUs with native bfloat16 (AVX512-BF16, AMX), else float32")
     encode.add_argument("--batch-size", type=int, default=16)
     encode.add_argument("--out", help="write files, pooled [files, layers, width] to this .npz")
     encode.set_defaults(func=cmd_encode)
@@ -535,7 +536,8 @@ def build_parser() -> argparse.ArgumentParser:
     extract.add_argument("--out", required=True, help="feature store folder")
     extract.add_argument("--backbone", default="whisper-base")
     extract.add_argument("--allow-download", action="store_true")
-    extract.add_argument("--precision", default="float32", choices=["float32", "bfloat16"])
+    extract.add_argument("--precision", default="auto", choices=["auto", "float32", "bfloat16"],
+                         help="auto (default): bfloat16 on CPUs with native bfloat16 (AVX512-BF16, AMX), else float32")
     extract.add_argument("--layers", help="comma list of hidden states to keep (default: all)")
     extract.add_argument("--pooling", default="mean,std", help="mean and/or std (default: mean,std)")
     extract.add_argument("--batch-seconds", type=float, default=30.0)

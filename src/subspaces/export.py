@@ -5,18 +5,17 @@ row zero-padded past its clip's end) and `lengths` int64[batch] (each clip's sam
 one output per subspace, named after it, float[batch, size]. Batch and length axes are
 dynamic.
 
-`subspaces.whisper.encode_whisper` runs the convolutions and the attention clip by clip,
-which a graph with a dynamic batch cannot do. `BatchedWhisperSubspaces` computes the same
-numbers for the whole padded batch at once:
+`subspaces.whisper.encode_whisper` computes each clip's log-mel on its own and runs the
+layers on packed valid frames, which a graph with a dynamic batch cannot do.
+`BatchedWhisperSubspaces` computes the same numbers for the whole padded batch at once:
 
-- log-mel: the STFT is a convolution with a windowed DFT basis; the reflection padding
-  at each clip's end is a gather that reflects about that clip's own last sample; the
-  8-decade floor uses each clip's own peak over its own frames;
-- convolutions: mel frames, then first-convolution frames, past each clip's end are set
-  to zero, which is what a lone clip's zero padding gives;
-- attention: an additive mask (0 for a clip's frames, -1e9 past its end) keeps every
-  clip attending to its own frames only (`whisper.masked_attention`; the rest of each
-  layer is `whisper.encoder_layer`, the code eager runs use);
+- log-mel: `WhisperLogMel.batch`, the code eager runs use (the STFT as a convolution
+  with a windowed DFT basis, each clip reflected and floored on its own);
+- convolutions: `whisper.convolutional_front_end`, the code eager runs use;
+- layers: `whisper.encoder_states` with `packed=False`: the padded batch, an additive
+  mask (0 for a clip's frames, -1e9 past its end) keeping every clip attending to its
+  own frames only (eager runs pack the valid frames instead, which a traced graph with
+  dynamic shapes cannot do);
 - pooling: mean (and std) over each clip's valid frames, with `backbones.pool_frames`.
 
 Head-only export: input `features` float[batch, layers, dim] (pooled as in training),
@@ -29,7 +28,6 @@ PosixPath('model.onnx')
 from __future__ import annotations
 
 import json
-import math
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -43,14 +41,9 @@ from .backbones import WhisperBackbone, pooled_input
 from .errors import SubspacesError
 from .inference import SubspaceEncoder, load_model
 from .model import SubspaceModel
-from .whisper import HOP_LENGTH, N_FFT, WhisperLogMel, encoder_states, masked_attention
+from .whisper import WhisperLogMel, convolutional_front_end, encoder_states
 
 __all__ = ["BatchedWhisperSubspaces", "ExportError", "SubspaceHead", "check_onnx", "export_onnx", "onnx_metadata", "pad_batch"]
-
-# Added to attention logits of padded keys: exp(-1e9 - max) is exactly 0 in float32,
-# and unlike -inf it cannot make a NaN.
-_MASKED = -1e9
-
 
 class ExportError(SubspacesError, ValueError):
     """A model that cannot be exported as asked; the message says why and what to do instead."""
@@ -90,53 +83,16 @@ class BatchedWhisperSubspaces(nn.Module):
         self.head = encoder.model
         self.layers = list(encoder.layers)
         self.pooling = encoder.pooling
-        log_mel: WhisperLogMel = encoder.backbone.log_mel
-        self.register_buffer("mel_filters", log_mel.filters.clone(), persistent=False)
-        # Real and imaginary DFT rows of the Hann-windowed frame, bins 0..N_FFT/2, in
-        # float64 before rounding once: conv1d(wave, basis, stride=HOP) is the STFT.
-        n = torch.arange(N_FFT, dtype=torch.float64)
-        k = torch.arange(N_FFT // 2 + 1, dtype=torch.float64)[:, None]
-        angle = 2 * math.pi * k * n / N_FFT
-        window = torch.hann_window(N_FFT, dtype=torch.float64)
-        basis = torch.cat([torch.cos(angle) * window, -torch.sin(angle) * window])
-        self.register_buffer("dft_basis", basis[:, None, :].float(), persistent=False)
-
-    def log_mel(self, waveform: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """float[B, S], long[B] -> (log-mel float[B, n_mels, S // 160] zero past each clip's
-        frames, mel frames long[B]); each clip as `WhisperLogMel` computes it alone."""
-        half = N_FFT // 2
-        samples = waveform.shape[1]
-        # torch.stft(center=True) reflects each clip about its own first and last sample.
-        position = torch.arange(samples + 2 * half, device=waveform.device)[None, :] - half
-        last = (lengths - 1)[:, None]
-        source = torch.where(position < 0, -position, position)
-        source = torch.where(source > last, 2 * last - source, source)
-        inside = (position < lengths[:, None] + half) & (source >= 0)
-        source = source.clamp(min=0, max=samples - 1)
-        padded = torch.gather(waveform, 1, source) * inside.to(waveform.dtype)
-        spectrum = nn.functional.conv1d(padded[:, None, :], self.dft_basis, stride=HOP_LENGTH)
-        real, imag = spectrum.split(N_FFT // 2 + 1, dim=1)
-        power = (real.square() + imag.square())[:, :, :-1]
-        log_spec = torch.clamp(torch.matmul(self.mel_filters, power), min=1e-10).log10()
-        mel_frames = torch.div(lengths, HOP_LENGTH, rounding_mode="floor")
-        valid = torch.arange(log_spec.shape[2], device=waveform.device)[None, :] < mel_frames[:, None]
-        peak = log_spec.masked_fill(~valid[:, None, :], -1e10).amax(dim=(1, 2), keepdim=True)
-        log_spec = (torch.maximum(log_spec, peak - 8.0) + 4.0) / 4.0
-        return log_spec * valid[:, None, :].to(log_spec.dtype), mel_frames
+        self.log_mel: WhisperLogMel = encoder.backbone.log_mel
 
     def hidden_states(self, waveform: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """float[B, S], long[B] -> (hidden states float[L, B, T, D] zero past each clip's
         end, frames long[B]), as `encode_whisper` gives for the clips one by one."""
         whisper = self.whisper
-        mel, mel_frames = self.log_mel(waveform, lengths)
-        hidden = nn.functional.gelu(whisper.conv1(mel))
-        mel_valid = torch.arange(hidden.shape[2], device=hidden.device)[None, :] < mel_frames[:, None]
-        hidden = hidden * mel_valid[:, None, :].to(hidden.dtype)
-        hidden = nn.functional.gelu(whisper.conv2(hidden)).transpose(1, 2)
-        num_frames = torch.div(mel_frames + 1, 2, rounding_mode="floor")
+        mel, mel_frames = self.log_mel.batch(waveform, lengths)
+        hidden, num_frames = convolutional_front_end(whisper, mel, mel_frames)
         valid = torch.arange(hidden.shape[1], device=hidden.device)[None, :] < num_frames[:, None]
-        key_mask = torch.where(valid, 0.0, _MASKED).to(hidden.dtype)[:, None, None, :]
-        return encoder_states(whisper, hidden, valid, masked_attention(key_mask)), num_frames
+        return encoder_states(whisper, hidden, valid, packed=False), num_frames
 
     def pooled_features(self, waveform: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """float[B, S], long[B] -> the model's input float[B, L, D], pooled as in training."""
@@ -179,7 +135,7 @@ def export_onnx(
     """
     encoder = model_dir_or_encoder
     if not isinstance(encoder, SubspaceEncoder):
-        encoder = load_model(encoder, allow_unfinished=allow_unfinished)
+        encoder = load_model(encoder, allow_unfinished=allow_unfinished, precision="float32")
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     outputs = list(encoder.subspaces)
@@ -265,7 +221,7 @@ def check_onnx(
         raise ExportError("checking an export needs onnxruntime: pip install onnxruntime") from error
     encoder = model_dir_or_encoder
     if not isinstance(encoder, SubspaceEncoder):
-        encoder = load_model(encoder, allow_unfinished=allow_unfinished)
+        encoder = load_model(encoder, allow_unfinished=allow_unfinished, precision="float32")
     session = onnxruntime.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     expected = encoder.embed(list(clips))
     if head_only:

@@ -50,6 +50,7 @@ from safetensors.torch import save_file
 from .atomic import write_atomic, write_text_atomic
 from .audio import AudioError
 from .backbones import Backbone, load_backbone, pool_frames
+from .devices import resolve_precision
 from .errors import SubspacesError
 from .folders import folder_lock
 from .manifest import audio_paths, read_manifest, validate_manifest
@@ -373,10 +374,15 @@ def _refuse_if_nothing_stored(out_dir: Path, shards: Sequence[Shard], manifest_n
 
 def _check_identity(out_dir: Path, found: dict, wanted: dict) -> None:
     if any(found.get(k) != wanted.get(k) for k in _IDENTITY + ("part",)):
+        stored = (found.get("backbone") or {}).get("precision")
+        hint = ""
+        if stored and stored != wanted["backbone"]["precision"]:
+            hint = (f" To continue this store, run in its precision: --precision {stored} "
+                    f"(precision={stored!r}); without one, the machine chooses (devices.default_precision).")
         raise FeatureStoreError(
             f"{out_dir} holds features made differently from this run ({_describe_difference(found, wanted)}). "
-            "Features from different backbones, layers or manifests are never mixed: "
-            "write to another out_dir, or delete this one to start over"
+            "Features from different backbones, precisions, layers or manifests are never mixed: "
+            "write to another out_dir, or delete this one to start over." + hint
         )
 
 
@@ -403,7 +409,9 @@ def extract_features(
     per forward pass. `workers`: audio-decoding threads (0: decode in this thread).
     `shard=(i, n)`: compute only the i-th of n parts (merge them with
     `merge_feature_stores`). `precision`: passed to `load_backbone` when `backbone` is
-    a name or folder ("float32" or "bfloat16").
+    a name or folder ("auto", the default: bfloat16 where the hardware has it natively,
+    else float32; or "float32" or "bfloat16"). The store records it, and a store made in
+    one precision is never continued or merged in another.
 
     Resumable: finished shards are kept and the rest redone; a finished store is left
     untouched. Clips that fail to decode (`AudioError`) are skipped, listed in
@@ -419,8 +427,8 @@ def extract_features(
     table = _as_manifest(manifest)
     manifest_name = "the manifest DataFrame" if isinstance(manifest, pd.DataFrame) else str(manifest)
     if isinstance(backbone, (str, Path)):
-        backbone = load_backbone(backbone, precision=precision or "float32")
-    elif precision is not None and precision != backbone.precision:
+        backbone = load_backbone(backbone, precision=precision or "auto")
+    elif precision is not None and resolve_precision(precision, backbone.device) != backbone.precision:
         raise FeatureStoreError(
             f"precision={precision!r} but the given backbone runs in {backbone.precision}; "
             f"load it with load_backbone(..., precision={precision!r}) or pass its name instead"

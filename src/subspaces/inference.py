@@ -145,7 +145,7 @@ def model_folder(name_or_dir: str | Path, *, allow_download: bool = False) -> Pa
 
 def load_model(
     name_or_dir: str | Path = DEFAULT_MODEL, *, device: str = "cpu", allow_download: bool = False,
-    backbone: Backbone | None = None, allow_unfinished: bool = False,
+    backbone: Backbone | None = None, allow_unfinished: bool = False, precision: str = "auto",
 ) -> SubspaceEncoder:
     """Load a trained model (a folder, or a shipped model by name: `pretrained_models()`;
     default the demo's, "whisper-base-subspaces") and the backbone it names, ready to embed audio.
@@ -155,6 +155,7 @@ def load_model(
     A local folder never touches the network (`allow_download` only matters when the
     backbone is a hub id that is not cached). Nothing is unpickled. A folder whose
     training has not finished (marked UNFINISHED) is refused unless `allow_unfinished`.
+    `precision`: the backbone's, as `load_backbone` takes it (ignored for a given `backbone`).
 
     >>> load_model("no/such/model")  # doctest: +IGNORE_EXCEPTION_DETAIL
     Traceback (most recent call last):
@@ -178,7 +179,7 @@ def load_model(
                 f"{folder / CONFIG_FILE}: the model's metadata does not name its backbone "
                 "(metadata.backbone); pass the backbone explicitly: load_model(..., backbone=load_backbone(NAME))"
             )
-        backbone = load_backbone(recorded_name, allow_download=allow_download, device=device)
+        backbone = load_backbone(recorded_name, allow_download=allow_download, device=device, precision=precision)
     else:
         backbone = backbone.to(device)
     if not recorded_revision:

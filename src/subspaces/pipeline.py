@@ -84,7 +84,9 @@ class DemoPlan:
     val_texts: int = 8
     channels: tuple[str, ...] = ("clean",)
     backbone: str = "whisper-base"
-    precision: str = "float32"
+    # bfloat16 where the CPU (AVX512-BF16, AMX) or GPU has it natively, else float32
+    # (devices.default_precision); pretrained.py pins float32 to rebuild the shipped model.
+    precision: str = "auto"
     fsdd_per_speaker_digit: int = 10
     seed: int = 0
     # The training recipe: the shipped src/subspaces/data/recipes/demo.toml (its comments

@@ -77,7 +77,7 @@ def check_pretrained(work: str | Path, shipped: str | Path | None = None) -> dic
 
     shipped = Path(shipped or PRETRAINED_FOLDER / DEFAULT_MODEL)
     work = Path(work)
-    run_demo(work / "demo", DemoPlan(), evaluate=False)
+    run_demo(work / "demo", DemoPlan(precision="float32"), evaluate=False)
     rebuilt = work / "demo" / "model"
     if _config(rebuilt)["config"] != _config(shipped)["config"]:
         raise PretrainedError(f"{shipped}: its config differs from the one `subspaces demo` trains now ({rebuilt}); "
@@ -131,7 +131,7 @@ def build_pretrained(work: str | Path, dest: str | Path | None = None) -> Path:
     from .suite import suite_corpus
 
     work, dest = Path(work), Path(dest or PRETRAINED_FOLDER / DEFAULT_MODEL)
-    results = run_demo(work / "demo", DemoPlan())
+    results = run_demo(work / "demo", DemoPlan(precision="float32"))
     model = work / "demo" / "model"
     calibrate_model(model, suite_corpus("dev"), data=DEV_DATA)
     dest.mkdir(parents=True, exist_ok=True)

@@ -123,7 +123,10 @@ def plot_scores(systems: Mapping[str, np.ndarray], trials: pd.DataFrame, path: P
         bins = np.linspace(low, high, 61)
         for chosen, label, colour in groups:
             if chosen.any():
-                ax.hist(scores[chosen], bins=bins, density=True, alpha=0.55, color=colour, label=label)
+                # One filled outline per histogram, not 60 bar patches: the same picture, drawn in
+                # a fraction of the time (ten panels of bars took seconds).
+                ax.hist(scores[chosen], bins=bins, density=True, alpha=0.55, color=colour, label=label,
+                        histtype="stepfilled")
         ax.set_title(name, fontsize=9)
         ax.set_xlabel("cosine score", fontsize=8)
         ax.set_ylabel("density", fontsize=8)

@@ -26,7 +26,7 @@ loss of the whole block, with all its negatives, on every rank; DistributedDataP
 averages the gradients. The result is the single-process training of the same recipe, up
 to floating-point summation order. Rank 0 alone validates and writes logs, checkpoints and
 the model. For example, on 2 CPU processes (gloo; on GPUs, with `device = "cuda"`, nccl and
-one GPU per rank):
+one GPU per rank; `SUBSPACES_DIST_BACKEND=gloo` lets processes share a GPU):
 
     torchrun --standalone --nproc_per_node 2 -m subspaces.cli train --features F --manifest M --out O
 
@@ -98,6 +98,9 @@ from .progress import progress_bar
 from .sampler import GridSampler
 
 __all__ = ["RECIPES_FOLDER", "TrainConfig", "TrainError", "load_recipe", "recipe_names", "train", "write_recipe"]
+
+# Overrides the process-group backend torchrun's processes join (nccl on GPUs, gloo on CPUs).
+BACKEND_VARIABLE = "SUBSPACES_DIST_BACKEND"
 
 SELECTIONS = ("best", "last")
 # What "best" is judged by; see the module docstring.
@@ -415,7 +418,8 @@ def _train(
     writer = rank == 0  # the one rank that validates and writes files
     device = torch.device(config.device)
     if world_size > 1 and device.type == "cuda":
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank % torch.cuda.device_count())))
+        # One GPU per process on each machine; more processes than GPUs share them (gloo only).
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)) % torch.cuda.device_count())
 
     # 1. inputs
     if not isinstance(features, torch.Tensor) or features.ndim != 3 or not features.is_floating_point():
@@ -607,7 +611,19 @@ def _join_torchrun_group(config: TrainConfig) -> bool:
             f"WORLD_SIZE = {os.environ['WORLD_SIZE']} but {missing} not set: launch with torchrun "
             "(e.g. torchrun --standalone --nproc_per_node 2 ...) or unset WORLD_SIZE for one process"
         )
-    backend = "nccl" if torch.device(config.device).type == "cuda" else "gloo"
+    cuda = torch.device(config.device).type == "cuda"
+    backend = os.environ.get(BACKEND_VARIABLE, "").strip() or ("nccl" if cuda else "gloo")
+    if backend not in ("nccl", "gloo"):
+        raise TrainError(f"{BACKEND_VARIABLE}={backend!r}: expected nccl or gloo (or unset it)")
+    if backend == "nccl" and not cuda:
+        raise TrainError(f"{BACKEND_VARIABLE}=nccl needs device = \"cuda\" in the recipe (nccl runs on GPUs only)")
+    per_node = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ["WORLD_SIZE"]))
+    if backend == "nccl" and per_node > torch.cuda.device_count():
+        raise TrainError(
+            f"nccl needs one GPU per process, but torchrun started {per_node} processes on this machine and it "
+            f"has {torch.cuda.device_count()} GPU(s): use --nproc_per_node {torch.cuda.device_count()}, or "
+            f"{BACKEND_VARIABLE}=gloo to share a GPU between processes (slower; for checks)"
+        )
     dist.init_process_group(backend)
     return True
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 import shutil
@@ -67,7 +68,8 @@ class WhisperLogMel(torch.nn.Module):
     """Whisper's log-mel spectrogram of one clip, computed on the clip alone (no 30 s pad).
 
     Matches `transformers.WhisperFeatureExtractor` with `padding="longest"` on a single
-    clip. Output shape: [n_mels, n_samples // 160].
+    clip. Output shape: [n_mels, n_samples // 160]. `batch` computes the same for a padded
+    batch of clips at once (eager extraction and the ONNX export use it).
 
     >>> WhisperLogMel(80)(torch.zeros(16000)).shape
     torch.Size([80, 100])
@@ -81,6 +83,15 @@ class WhisperLogMel(torch.nn.Module):
         )
         self.register_buffer("filters", torch.from_numpy(filters.T.astype(np.float32)), persistent=False)
         self.register_buffer("window", torch.hann_window(N_FFT), persistent=False)
+        # Real and imaginary DFT rows of the Hann-windowed frame, bins 0..N_FFT/2, in
+        # float64 before rounding once: conv1d(wave, basis, stride=HOP) is the STFT, as one
+        # operation for a whole batch (and one a traced ONNX graph can hold).
+        n = torch.arange(N_FFT, dtype=torch.float64)
+        k = torch.arange(N_FFT // 2 + 1, dtype=torch.float64)[:, None]
+        angle = 2 * math.pi * k * n / N_FFT
+        window = torch.hann_window(N_FFT, dtype=torch.float64)
+        basis = torch.cat([torch.cos(angle) * window, -torch.sin(angle) * window])
+        self.register_buffer("dft_basis", basis[:, None, :].float(), persistent=False)
 
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
         stft = torch.stft(wave, N_FFT, HOP_LENGTH, window=self.window, return_complex=True)
@@ -89,71 +100,143 @@ class WhisperLogMel(torch.nn.Module):
         log_spec = torch.maximum(log_spec, log_spec.max() - 8.0)
         return (log_spec + 4.0) / 4.0
 
+    def batch(self, waveform: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """float[B, S] (each row zero past its clip's `lengths` long[B] samples) -> (log-mel
+        float[B, n_mels, S // 160] zero past each clip's frames, mel frames long[B]), each
+        clip as `forward` computes it alone: the reflection padding at a clip's end is a
+        gather that reflects about that clip's own last sample, and the 8-decade floor uses
+        the clip's own peak over its own frames. Always float32 (autocast is off here)."""
+        with torch.autocast(waveform.device.type, enabled=False):
+            waveform = waveform.float()
+            half = N_FFT // 2
+            samples = waveform.shape[1]
+            # torch.stft(center=True) reflects each clip about its own first and last sample.
+            position = torch.arange(samples + 2 * half, device=waveform.device)[None, :] - half
+            last = (lengths - 1)[:, None]
+            source = torch.where(position < 0, -position, position)
+            source = torch.where(source > last, 2 * last - source, source)
+            inside = (position < lengths[:, None] + half) & (source >= 0)
+            source = source.clamp(min=0, max=samples - 1)
+            padded = torch.gather(waveform, 1, source) * inside.to(waveform.dtype)
+            spectrum = torch.nn.functional.conv1d(padded[:, None, :], self.dft_basis, stride=HOP_LENGTH)
+            real, imag = spectrum.split(N_FFT // 2 + 1, dim=1)
+            power = (real.square() + imag.square())[:, :, :-1]
+            log_spec = torch.clamp(torch.matmul(self.filters, power), min=1e-10).log10()
+            mel_frames = torch.div(lengths, HOP_LENGTH, rounding_mode="floor")
+            valid = torch.arange(log_spec.shape[2], device=waveform.device)[None, :] < mel_frames[:, None]
+            peak = log_spec.masked_fill(~valid[:, None, :], -1e10).amax(dim=(1, 2), keepdim=True)
+            log_spec = (torch.maximum(log_spec, peak - 8.0) + 4.0) / 4.0
+            return log_spec * valid[:, None, :].to(log_spec.dtype), mel_frames
+
 
 def encoder_layer(layer, hidden: torch.Tensor, attend) -> torch.Tensor:
-    """One pre-norm Whisper encoder layer over a padded batch: hidden float[B, T, D] ->
-    float[B, T, D].
+    """One pre-norm Whisper encoder layer: hidden float[..., D] -> float[..., D].
 
-    The projections and the MLP run on the whole padded batch (their rows are
-    independent); `attend(query, key, value)` (each float[B, heads, T, D / heads], the
-    query already scaled) returns the attention context float[B, T, D] and decides how
-    padding is kept out: `clipwise_attention` (each clip on its own frames, for eager
-    runs) or `masked_attention` (one masked softmax, for traced exports).
+    The projections and the MLP run row by row on whatever layout `hidden` has (a
+    padded batch [B, T, D], or the valid frames of several clips packed as [N, D]);
+    `attend(query, key, value, heads)` (each float[..., D], the query already scaled)
+    returns the attention context float[..., D] and decides how clips are kept apart:
+    `packed_attention` (eager runs) or `masked_attention` (a padded batch, for traced
+    exports).
     """
     attn = layer.self_attn
-    batch, frames, _ = hidden.shape
-    split = (batch, frames, attn.num_heads, attn.head_dim)
     x = layer.self_attn_layer_norm(hidden)
-    query = (attn.q_proj(x) * attn.scaling).reshape(split).transpose(1, 2)
-    key = attn.k_proj(x).reshape(split).transpose(1, 2)
-    value = attn.v_proj(x).reshape(split).transpose(1, 2)
-    hidden = hidden + attn.out_proj(attend(query, key, value))
+    context = attend(attn.q_proj(x) * attn.scaling, attn.k_proj(x), attn.v_proj(x), attn.num_heads)
+    hidden = hidden + attn.out_proj(context)
     x = layer.final_layer_norm(hidden)
     return hidden + layer.fc2(layer.activation_fn(layer.fc1(x)))
 
 
-def clipwise_attention(num_frames: Sequence[int]):
-    """Attention of each clip over its own `num_frames[b]` frames only, so no clip ever
-    sums over another clip's padding and a batched clip gets the same numbers as a lone one."""
+def _split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    """float[B, T, D] -> float[B, heads, T, D / heads]."""
+    batch, frames, width = x.shape
+    return x.reshape(batch, frames, heads, width // heads).transpose(1, 2)
 
-    def attend(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
-        batch, heads, frames, head_dim = query.shape
-        context = query.new_zeros(batch, frames, heads * head_dim)
-        for i, n in enumerate(num_frames):
-            out = torch.nn.functional.scaled_dot_product_attention(
-                query[i : i + 1, :, :n].contiguous(), key[i : i + 1, :, :n].contiguous(),
-                value[i : i + 1, :, :n].contiguous(), scale=1.0,
-            )
-            context[i, :n] = out[0].transpose(0, 1).reshape(n, heads * head_dim)
-        return context
 
-    return attend
+# Added to attention logits of padded keys: exp(-1e9 - max) is exactly 0 in float32,
+# and unlike -inf it cannot make a NaN.
+MASKED = -1e9
 
 
 def masked_attention(key_mask: torch.Tensor):
-    """Attention of the whole batch at once, `key_mask` float[B, 1, 1, T] (0 for a valid
-    frame, a large negative number for padding) added to the logits."""
+    """Attention over a padded batch float[B, T, D] at once, `key_mask` float[B, 1, 1, T]
+    (0 for a valid frame, a large negative number for padding) added to the logits."""
 
-    def attend(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
-        batch, heads, frames, head_dim = query.shape
+    def attend(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, heads: int) -> torch.Tensor:
+        batch, frames, width = query.shape
+        query, key, value = (_split_heads(x, heads) for x in (query, key, value))
         weights = torch.softmax(torch.matmul(query, key.transpose(2, 3)) + key_mask, dim=-1)
-        return torch.matmul(weights, value).transpose(1, 2).reshape(batch, frames, heads * head_dim)
+        return torch.matmul(weights, value).transpose(1, 2).reshape(batch, frames, width)
 
     return attend
 
 
-def encoder_states(encoder: WhisperEncoder, embedding: torch.Tensor, valid: torch.Tensor, attend) -> torch.Tensor:
-    """Every hidden state from the convolutional embedding float[B, T, D]: float[L + 1, B,
-    T, D], the embedding before the positional table is added, then each layer's output,
-    the last after the final layer norm (transformers' order), zero where `valid` bool[B,
-    T] is false."""
-    states = [embedding]  # without the positional table (see the module docstring)
-    hidden = embedding + encoder.embed_positions.weight[: embedding.shape[1]]
+def packed_attention(valid: torch.Tensor):
+    """Attention for clips packed as rows float[N, D], N = valid.sum(): `valid` bool[B, T]
+    says where each clip's frames sit in a padded batch. Each clip attends to its own
+    frames only (the padding is masked out of the keys), so a clip gets the same numbers
+    batched as alone."""
+    key_valid = valid[:, None, None, :]
+
+    def attend(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, heads: int) -> torch.Tensor:
+        def pad(x: torch.Tensor) -> torch.Tensor:
+            out = x.new_zeros(*valid.shape, x.shape[-1])
+            out[valid] = x
+            return _split_heads(out, heads)
+
+        context = torch.nn.functional.scaled_dot_product_attention(
+            pad(query), pad(key), pad(value), attn_mask=key_valid, scale=1.0)
+        return context.transpose(1, 2).reshape(*valid.shape, -1)[valid]
+
+    return attend
+
+
+def encoder_states(encoder: WhisperEncoder, embedding: torch.Tensor, valid: torch.Tensor, *, packed: bool = True
+                   ) -> torch.Tensor:
+    """Every hidden state from the convolutional embedding float[B, T, D] (zero past each
+    clip's end): float[L + 1, B, T, D], the embedding before the positional table is
+    added, then each layer's output, the last after the final layer norm (transformers'
+    order), zero where `valid` bool[B, T] is false.
+
+    `packed`: the layers run on the valid frames only, packed as rows (no time goes into
+    padding; eager runs); otherwise on the padded batch with masked attention (a traced
+    export cannot pack).
+    """
+    positions = encoder.embed_positions.weight[: embedding.shape[1]]
+    if packed:
+        first = embedding[valid]
+        hidden = first + positions.expand(len(embedding), -1, -1)[valid]
+        attend = packed_attention(valid)
+    else:
+        first = embedding
+        hidden = embedding + positions
+        attend = masked_attention(torch.where(valid, 0.0, MASKED).to(hidden.dtype)[:, None, None, :])
+    states = [first]  # without the positional table (see the module docstring)
     for layer in encoder.layers:
         hidden = encoder_layer(layer, hidden, attend)
         states.append(hidden)
     states[-1] = encoder.layer_norm(hidden)
-    return torch.stack(states) * valid[None, :, :, None].to(hidden.dtype)
+    if not packed:
+        return torch.stack(states) * valid[None, :, :, None].to(hidden.dtype)
+    out = hidden.new_zeros(len(states), *valid.shape, hidden.shape[-1])
+    out[:, valid] = torch.stack(states)
+    return out
+
+
+def convolutional_front_end(encoder: WhisperEncoder, mel: torch.Tensor, mel_frames: torch.Tensor
+                            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Whisper's two convolutions over a batch of log-mel spectrograms float[B, n_mels, F]
+    (zero past each clip's `mel_frames` long[B]): (float[B, T, D] zero past each clip's
+    end, frames long[B]), as each clip alone gives. The first convolution's frames past a
+    clip's end are set to zero before the second, which is what a lone clip's zero
+    padding gives."""
+    hidden = torch.nn.functional.gelu(encoder.conv1(mel))
+    mel_valid = torch.arange(hidden.shape[2], device=hidden.device)[None, :] < mel_frames[:, None]
+    hidden = hidden * mel_valid[:, None, :].to(hidden.dtype)
+    hidden = torch.nn.functional.gelu(encoder.conv2(hidden)).transpose(1, 2)
+    num_frames = torch.div(mel_frames + 1, 2, rounding_mode="floor")
+    valid = torch.arange(hidden.shape[1], device=hidden.device)[None, :] < num_frames[:, None]
+    return hidden * valid[:, :, None].to(hidden.dtype), num_frames
 
 
 def encode_whisper(
@@ -162,26 +245,24 @@ def encode_whisper(
     """Every hidden state of `encoder` for a batch of 16 kHz clips of any lengths <= 30 s.
 
     Returns `hidden_states: float[L + 1, B, T, D]` (as `encoder_states` orders them;
-    frames past a clip's end are zero) and `num_frames: long[B]`.
+    frames past a clip's end are zero) and `num_frames: long[B]`. The whole batch runs at
+    once (one padded copy to the device, a batched log-mel and convolutions, the layers
+    on the clips' valid frames only), with the numbers each clip gets alone.
     """
-    embeddings = []
-    for wave in waves:
-        # The convolutions run per clip: a lone clip sees zero padding past its end,
-        # and so must a batched one.
-        mel = log_mel(wave.to(encoder.conv1.weight.device))[None]
-        hidden = torch.nn.functional.gelu(encoder.conv1(mel))
-        embeddings.append(torch.nn.functional.gelu(encoder.conv2(hidden))[0].T)
-    num_frames = [len(e) for e in embeddings]
+    device = encoder.conv1.weight.device
+    lengths = torch.tensor([len(w) for w in waves])
     max_positions = encoder.embed_positions.weight.shape[0]
-    if max(num_frames) > max_positions:
+    longest = (int(lengths.max()) // HOP_LENGTH + 1) // 2  # frames after the stride-2 convolution
+    if longest > max_positions:
         raise WhisperFileError(
-            f"a clip of {max(num_frames) / FRAME_RATE:.1f} s is longer than Whisper's "
+            f"a clip of {float(lengths.max()) / SAMPLE_RATE:.1f} s is longer than Whisper's "
             f"{max_positions / FRAME_RATE:.0f} s window; cut it into shorter utterances"
         )
-    hidden = torch.nn.utils.rnn.pad_sequence(embeddings, batch_first=True)
-    lengths = torch.tensor(num_frames)
-    valid = torch.arange(hidden.shape[1], device=hidden.device)[None, :] < lengths.to(hidden.device)[:, None]
-    return encoder_states(encoder, hidden, valid, clipwise_attention(num_frames)), lengths
+    waveform = torch.nn.utils.rnn.pad_sequence([w.float().cpu() for w in waves], batch_first=True).to(device)
+    mel, mel_frames = log_mel.batch(waveform, lengths.to(device))
+    hidden, num_frames = convolutional_front_end(encoder, mel, mel_frames)
+    valid = torch.arange(hidden.shape[1], device=device)[None, :] < num_frames[:, None]
+    return encoder_states(encoder, hidden, valid), num_frames.cpu()
 
 
 # ----------------------------------------------------------------------------------
