@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import soundfile as sf
 import torch
@@ -12,14 +13,17 @@ import torch
 FSDD = Path(__file__).resolve().parents[1] / "src" / "subspaces" / "data" / "fsdd" / "recordings"
 
 
-@pytest.fixture(autouse=True)
-def _isolated_cache(tmp_path_factory, monkeypatch):
-    """Converted models go to a per-session temporary cache, never the user's. Backbones
-    run in float32 whatever the CPU: "auto" would pick bfloat16 on CPUs with AVX512-BF16,
-    and the tests compare numbers that must not depend on the machine (the choice itself
-    is tested in test_precision.py, with this variable removed)."""
-    monkeypatch.setenv("SUBSPACES_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
-    monkeypatch.setenv("SUBSPACES_PRECISION", "float32")
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_cache(tmp_path_factory):
+    """For the whole session, session fixtures included: converted models go to a
+    temporary cache, never the user's, and backbones run in float32 whatever the CPU
+    ("auto" would pick bfloat16 on CPUs with AVX512-BF16, and the tests compare numbers
+    that must not depend on the machine; the choice itself is tested in
+    test_precision.py, with the variable removed)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SUBSPACES_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+        patch.setenv("SUBSPACES_PRECISION", "float32")
+        yield
 
 
 @pytest.fixture
@@ -69,3 +73,31 @@ def clips(tmp_path) -> list[Path]:
     for i, seconds in enumerate([0.3, 0.5, 0.8, 1.0, 1.2, 1.5]):
         out.append(write_tone(tmp_path / f"clip{i}.wav", seconds, 8000 if i % 2 else 16000, 150 + 40 * i, i))
     return out
+
+
+def tone_corpus(root: Path, seconds_step: float = 0.05) -> tuple[Path, Path, pd.DataFrame]:
+    """A tiny random transformers Whisper checkpoint (`root/backbone`) and 24 tone clips of
+    6 speakers x 4 contents (`root/clips`, 0.3 s + `seconds_step` x content; speakers 4-5
+    are the validation split), with `manifest.csv` and a `corpus.csv` of path, speaker,
+    content. Returns (backbone folder, clips folder, manifest table)."""
+    import transformers as tf
+
+    torch.manual_seed(0)
+    whisper = tf.WhisperModel(tf.WhisperConfig(
+        d_model=32, encoder_layers=2, decoder_layers=1, encoder_attention_heads=4, decoder_attention_heads=4,
+        encoder_ffn_dim=64, decoder_ffn_dim=64))
+    whisper.save_pretrained(root / "backbone")
+    clips = root / "clips"
+    clips.mkdir()
+    rows = []
+    for s in range(6):
+        for c in range(4):
+            seconds = 0.3 + seconds_step * c
+            write_tone(clips / f"s{s}_c{c}.wav", seconds, 16000, freq=120 + 30 * s + 7 * c, seed=10 * s + c)
+            rows.append(dict(utt_id=f"s{s}_c{c}", path=f"s{s}_c{c}.wav", speaker=f"s{s}", content=f"c{c}",
+                             text=f"c{c}", duration_s=seconds, sample_rate=16000, split="val" if s >= 4 else "train",
+                             source="tone"))
+    table = pd.DataFrame(rows)
+    table.to_csv(clips / "manifest.csv", index=False)
+    table[["path", "speaker", "content"]].to_csv(clips / "corpus.csv", index=False)
+    return root / "backbone", clips, table

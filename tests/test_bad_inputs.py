@@ -41,7 +41,7 @@ import pandas as pd
 import pytest
 import soundfile as sf
 import torch
-from conftest import write_tone
+from conftest import tone_corpus, write_tone
 
 from subspaces.cli import main
 
@@ -146,29 +146,10 @@ class Assets:
 
 @pytest.fixture(scope="session")
 def assets(tmp_path_factory) -> Assets:
-    import transformers as tf
-
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("assets")
-    torch.manual_seed(0)
-    whisper = tf.WhisperModel(tf.WhisperConfig(
-        d_model=32, encoder_layers=2, decoder_layers=1, encoder_attention_heads=4, decoder_attention_heads=4,
-        encoder_ffn_dim=64, decoder_ffn_dim=64))
-    whisper.save_pretrained(root / "backbone")
-    clips = root / "clips"
-    clips.mkdir()
-    rows = []
-    for s in range(6):
-        for c in range(4):
-            seconds = 0.3 + 0.05 * c
-            write_tone(clips / f"s{s}_c{c}.wav", seconds, 16000, freq=120 + 30 * s + 7 * c, seed=10 * s + c)
-            rows.append(dict(utt_id=f"s{s}_c{c}", path=f"s{s}_c{c}.wav", speaker=f"s{s}", content=f"c{c}",
-                             text=f"c{c}", duration_s=seconds, sample_rate=16000, split="val" if s >= 4 else "train",
-                             source="tone"))
-    table = pd.DataFrame(rows)
-    table.to_csv(clips / "manifest.csv", index=False)
-    table[["path", "speaker", "content"]].to_csv(clips / "corpus.csv", index=False)
+    _, clips, _ = tone_corpus(root)
     (root / "recipe.toml").write_text(toml_text(RECIPE))
     (root / "half.toml").write_text(toml_text(HALF_RECIPE))
     a = Assets(root, root / "backbone", clips, clips / "manifest.csv", clips / "corpus.csv", root / "store",

@@ -104,6 +104,26 @@ def test_cache_reuses_embeddings_and_computes_only_new_rows(tmp_path, counted_en
                                atol=1e-6)
 
 
+def test_an_interrupted_run_keeps_the_clips_it_saved(tmp_path, counted_encoder, monkeypatch):
+    resemblyzer = pytest.importorskip("resemblyzer")
+    monkeypatch.setattr(baselines, "_SAVE_EVERY", 2)
+    table = fsdd_table(speakers=["george", "theo"], takes=[(1, 5), (4, 7)])
+    counting = resemblyzer.preprocess_wav
+
+    def interrupted(wav, *args, **kwargs):
+        if counted_encoder[0] == 3:  # Ctrl-C while the second pair is being embedded
+            raise KeyboardInterrupt
+        return counting(wav, *args, **kwargs)
+
+    monkeypatch.setattr(resemblyzer, "preprocess_wav", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        resemblyzer_embeddings_cached(table, tmp_path / "cache", progress=False)
+    monkeypatch.setattr(resemblyzer, "preprocess_wav", counting)
+    before = counted_encoder[0]
+    resemblyzer_embeddings_cached(table, tmp_path / "cache", progress=False)
+    assert counted_encoder[0] - before == 2  # the first pair was saved; only the second is redone
+
+
 def test_cache_is_not_reused_for_another_file_or_encoder_version(tmp_path, counted_encoder, monkeypatch):
     table = fsdd_table(speakers=["george"], takes=[(1, 5)])
     resemblyzer_embeddings_cached(table, tmp_path, progress=False)

@@ -76,6 +76,9 @@ _MIN_COVERAGE = 0.75
 # Clips whose partial utterances share one LSTM call; a 60 s clip has about 80 partials
 # of 160 x 40 floats, so 32 clips stay under 70 MB.
 _CLIPS_PER_BATCH = 32
+# resemblyzer_embeddings_cached writes its cache after every this many new clips (about 10 s
+# of work on 2 cores for 1-2 s clips), so Ctrl-C loses at most that much.
+_SAVE_EVERY = 8 * _CLIPS_PER_BATCH
 
 
 class BaselineUnavailableError(SubspacesError, ImportError):
@@ -261,7 +264,8 @@ def resemblyzer_embeddings_cached(
 
     `cache_dir/resemblyzer.npz` holds every embedding computed so far, keyed by the
     row's `utt_id` and resolved audio path (and the Resemblyzer version); only rows not
-    in it are computed, then the file is rewritten atomically with old and new rows.
+    in it are computed, and the file is rewritten atomically with old and new rows every
+    `_SAVE_EVERY` new clips, so an interrupted run keeps what it had computed.
 
     >>> import tempfile, soundfile
     >>> if resemblyzer_available():
@@ -289,8 +293,12 @@ def resemblyzer_embeddings_cached(
         return np.empty((0, RESEMBLYZER_DIM), dtype=np.float32)
     cached = _read_cache(cache_file, version)
     missing = [key for key in keys if key not in cached]
-    if missing:
-        computed = resemblyzer_embeddings([Path(p) for _, p in missing], progress=progress)
-        cached.update(zip(missing, computed))
+    bar = progress_bar(total=len(missing), desc="resemblyzer", unit="utt", enabled=progress and bool(missing))
+    # Saved every `_SAVE_EVERY` clips, so an interrupted run keeps what it computed.
+    for start in range(0, len(missing), _SAVE_EVERY):
+        chunk = missing[start : start + _SAVE_EVERY]
+        cached.update(zip(chunk, resemblyzer_embeddings([Path(p) for _, p in chunk], progress=False)))
         _write_cache(cache_file, version, cached)
+        bar.update(len(chunk))
+    bar.close()
     return np.stack([cached[key] for key in keys]).astype(np.float32)
